@@ -1,0 +1,174 @@
+"""Image decoding and the ConvNeXt eval preprocessing, in numpy + Pillow only (runs on the Pi).
+
+The recipe is Hugging Face's ``ConvNextImageProcessor`` for these checkpoints: resize the shortest
+edge to ``crop_size / crop_pct`` (224 / 0.875 = 256) with bicubic filtering, centre-crop 224,
+rescale by 1/255 and normalize with the ImageNet mean/std. The work is split in two so artifacts
+can take either contract:
+
+* :func:`load_crop` -> ``uint8 (224, 224, 3)`` RGB centre crop (the "app" input, what a camera
+  pipeline hands a bundled model);
+* :func:`normalize` -> ``float32 (N, 3, 224, 224)`` NCHW, normalized (what PyTorch sees).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_MEGAPIXELS = 100.0
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+_PIL_RESAMPLE_NAMES = {3: "bicubic", 2: "bilinear", 0: "nearest"}
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval preprocessing of one checkpoint (HF preprocessor config, timm's PretrainedCfg).
+
+    Attributes:
+        crop_size: side of the square centre crop fed to the model, in pixels.
+        resize_shortest: the shortest edge is resized to this before cropping; ``None`` warps the
+            image straight to ``crop_size`` x ``crop_size`` (HF does this for sizes >= 384).
+        resample: ``bicubic``, ``bilinear`` or ``nearest`` (Pillow filters).
+        mean, std: per-channel RGB normalization applied to pixels rescaled to [0, 1].
+    """
+
+    crop_size: int = 224
+    resize_shortest: int | None = 256
+    resample: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.resample not in _RESAMPLE:
+            raise ValueError(f"resample {self.resample!r}: expected one of {sorted(_RESAMPLE)}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need one value per RGB channel")
+
+    @classmethod
+    def from_hf(cls, processor_config: dict) -> Preprocessing:
+        """Build from a ``preprocessor_config.json`` of ``ConvNextImageProcessor``."""
+        size = processor_config.get("size", 224)
+        shortest = size["shortest_edge"] if isinstance(size, dict) else int(size)
+        crop_pct = processor_config.get("crop_pct", 224 / 256)
+        resample = processor_config.get("resample", 3)
+        return cls(
+            crop_size=shortest,
+            resize_shortest=int(shortest / crop_pct) if shortest < 384 else None,
+            resample=_PIL_RESAMPLE_NAMES.get(resample, "bicubic"),
+            mean=tuple(processor_config.get("image_mean", IMAGENET_MEAN)),
+            std=tuple(processor_config.get("image_std", IMAGENET_STD)),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
+
+def open_rgb(path: str | os.PathLike, max_megapixels: float = MAX_MEGAPIXELS) -> Image.Image:
+    """Decode any readable image file to an 8-bit RGB Pillow image.
+
+    Grayscale, palette, CMYK, 16-bit and alpha images become RGB (alpha is composited on white, as
+    ``transformers.image_transforms.convert_to_rgb`` does); EXIF rotation is applied.
+
+    Raises:
+        ImageError: missing, empty, truncated, not an image, or over ``max_megapixels``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, expected an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: file is empty")
+    try:
+        with Image.open(path) as image:
+            megapixels = image.width * image.height / 1e6
+            if megapixels > max_megapixels:
+                raise ImageError(
+                    f"{path}: image is {image.width}x{image.height} ({megapixels:.0f} megapixels), "
+                    f"over the {max_megapixels:.0f}-megapixel limit"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path}: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: cannot decode image ({error})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(image), image.mode)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Scale 16/32-bit integer or float single-channel pixels to 0..255."""
+    pixels = pixels.astype(np.float64)
+    if mode == "F":
+        top = 1.0 if pixels.max(initial=0) <= 1.0 else 255.0
+    elif mode.startswith("I;16") or pixels.max(initial=0) > 255:
+        top = 65535.0
+    else:
+        top = 255.0
+    return np.clip(np.round(pixels / top * 255.0), 0, 255).astype(np.uint8)
+
+
+def resize_and_crop(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """Resize and centre-crop an RGB image: ``uint8 (crop, crop, 3)``, values 0..255."""
+    crop = preprocessing.crop_size
+    resample = _RESAMPLE[preprocessing.resample]
+    if preprocessing.resize_shortest is None:
+        return np.asarray(image.resize((crop, crop), resample=resample))
+    width, height = image.size
+    short, long = sorted((width, height))
+    new_short, new_long = preprocessing.resize_shortest, int(preprocessing.resize_shortest * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    pixels = np.asarray(image.resize(size, resample=resample))
+    # Same rounding as transformers.image_transforms.center_crop; the resized image is never smaller.
+    top = (pixels.shape[0] - crop) // 2
+    left = (pixels.shape[1] - crop) // 2
+    return pixels[top : top + crop, left : left + crop]
+
+
+def load_crop(path: str | os.PathLike, preprocessing: Preprocessing) -> np.ndarray:
+    """Decode an image file and return its ``uint8 (crop, crop, 3)`` RGB centre crop."""
+    return resize_and_crop(open_rgb(path), preprocessing)
+
+
+def normalize(crops: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """``uint8 (N, H, W, 3)`` or ``(H, W, 3)`` RGB -> ``float32 (N, 3, H, W)`` normalized NCHW."""
+    crops = crops[None] if crops.ndim == 3 else crops
+    scaled = crops.astype(np.float32) * np.float32(1 / 255)
+    mean = np.asarray(preprocessing.mean, dtype=np.float32)
+    std = np.asarray(preprocessing.std, dtype=np.float32)
+    return np.ascontiguousarray(((scaled - mean) / std).transpose(0, 3, 1, 2))
+
+
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted), matched by suffix, case-insensitive."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,53 @@
+"""Turn what the user typed (artifact path, checkpoint dir, Hub id) into a runner.
+
+Every runner takes ``uint8 (N, H, W, 3)`` RGB centre crops and returns ``float32 (N, classes)``
+logits, and carries ``name, target, recipe, preprocessing, labels, path, note``. Artifact runners
+never import torch; a checkpoint runner does, lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import targets
+from .preprocess import normalize
+
+
+class TorchRunner:
+    """The fp32 PyTorch eager reference for a checkpoint."""
+
+    target = "pytorch"
+    recipe = "fp32"
+    note = None
+
+    def __init__(self, loaded, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.loaded = loaded
+        self.name = loaded.source
+        self.path = Path(loaded.source) if Path(loaded.source).exists() else None
+        self.labels = loaded.labels
+        self.preprocessing = loaded.preprocessing
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        import torch
+
+        pixels = torch.from_numpy(normalize(crops, self.preprocessing))
+        with torch.inference_mode():
+            return self.loaded.module(pixels).numpy()
+
+
+def open_runner(
+    ref: str, *, random: bool = False, seed: int = 0, threads: int | None = None
+):
+    """A runner for an artifact file (by suffix) or a checkpoint (Hub id / dir / random seed)."""
+    target = targets.target_for_path(ref)
+    if target is not None and not random:
+        return targets.get(target).load(Path(ref), threads=threads)
+    from . import models
+
+    return TorchRunner(models.load(ref, random=random, seed=seed), threads=threads)

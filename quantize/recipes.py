@@ -1,0 +1,91 @@
+"""Recipes as data: what precision an artifact gets and how it is obtained.
+
+Named like Qualcomm AI Hub's ``Precision`` (``w8a8`` = int8 weights, int8 activations). Frozen and
+validated at construction, like coremltools' optimization configs; :func:`get` lists the valid
+names on a typo. Which target supports which recipe is declared once, in
+``edge_convnext.targets.SUPPORT``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from edge_convnext.errors import UnsupportedError, choices
+
+METHODS = ("none", "ptq", "qat")
+WEIGHT_TYPES = ("fp32", "fp16", "int8", "int4", "palette4", "palette6")
+ACTIVATION_TYPES = ("fp32", "fp16", "int8", "int16")
+OBSERVERS = ("minmax", "percentile", "mse")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to turn the fp32 model into an artifact's numerics.
+
+    Attributes:
+        name: short id used on the command line and in artifact names (``w8a8``).
+        method: ``none`` (float), ``ptq`` (calibrated post-training) or ``qat``.
+        weights: storage/compute type of weights.
+        activations: compute type of activations.
+        calibration_size: images used to calibrate activation ranges (static recipes only).
+        observer: how activation ranges are estimated: ``minmax``, ``percentile`` or ``mse``.
+        description: one line for ``--help`` and reports.
+    """
+
+    name: str
+    method: str
+    weights: str
+    activations: str
+    description: str
+    calibration_size: int = 0
+    observer: str = "minmax"
+
+    def __post_init__(self):
+        for attr, allowed in (
+            ("method", METHODS),
+            ("weights", WEIGHT_TYPES),
+            ("activations", ACTIVATION_TYPES),
+            ("observer", OBSERVERS),
+        ):
+            if getattr(self, attr) not in allowed:
+                raise ValueError(
+                    f"recipe {self.name!r}: {attr}={getattr(self, attr)!r}, expected one of "
+                    f"{choices(allowed)}"
+                )
+        if self.calibration_size < 0:
+            raise ValueError(f"recipe {self.name!r}: calibration_size must be >= 0")
+
+    @property
+    def is_float(self) -> bool:
+        return self.method == "none"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe keys {unknown}; expected {sorted(known)}")
+        return cls(**data)
+
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("fp32", "none", "fp32", "fp32", "float32 weights and activations (reference)"),
+        Recipe("fp16", "none", "fp16", "fp16", "float16 weights and compute (Core ML's default)"),
+    )
+}
+
+
+def get(name: str) -> Recipe:
+    """The recipe called ``name``.
+
+    Raises:
+        UnsupportedError: no such recipe; the message lists the valid names.
+    """
+    if name not in RECIPES:
+        raise UnsupportedError(f"unknown recipe {name!r}; valid recipes: {choices(RECIPES)}")
+    return RECIPES[name]

@@ -1,0 +1,43 @@
+"""The device-side runner every target's ``load()`` returns. Torch-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_convnext import manifest as manifests
+from edge_convnext.preprocess import normalize
+
+
+class ArtifactRunner:
+    """Runs one artifact: ``uint8 (N, H, W, 3)`` RGB crops -> ``float32 (N, classes)`` logits.
+
+    Subclasses build their runtime once in ``__init__`` and implement :meth:`run_contract_input`,
+    which takes one batch-1 input already in the artifact's contract (see ``manifest.CONTRACTS``).
+    """
+
+    target = ""
+    note: str | None = None  # said on stderr and in reports, e.g. for a reference evaluation
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.name = str(path)
+        self.manifest = manifests.read(self.path)
+        self.recipe = self.manifest.recipe
+        self.contract = self.manifest.contract
+        self.labels = self.manifest.labels
+        self.preprocessing = self.manifest.preprocessing_recipe
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        crops = crops[None] if crops.ndim == 3 else crops
+        if self.contract == "app":
+            inputs = np.ascontiguousarray(crops, dtype=np.uint8)
+        else:
+            inputs = normalize(crops, self.preprocessing)
+        # Artifacts are exported at batch 1, the shape apps run them at.
+        outputs = [self.run_contract_input(inputs[i : i + 1]) for i in range(len(inputs))]
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
