@@ -124,6 +124,106 @@ def _run_predict(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _add_export(commands) -> None:
+    from .manifest import CONTRACTS, DEFAULT_CONTRACT
+    from .quantize.recipes import RECIPES
+    from .targets import SUPPORT
+
+    support = "\n".join(f"  {target:<11} {', '.join(recipes)}" for target, recipes in SUPPORT.items())
+    recipe_lines = "\n".join(f"  {r.name:<11} {r.description}" for r in RECIPES.values())
+    contract_lines = "\n".join(f"  {name:<11} {text}" for name, text in CONTRACTS.items())
+    parser = commands.add_parser(
+        "export",
+        help="lower a checkpoint to a .pte, .tflite or .mlpackage artifact",
+        formatter_class=_formatter,
+        description=_section(
+            """
+            Load MODEL, apply the graph rewrites that lower well, and write an artifact for
+            --target with --recipe, plus a sidecar manifest <artifact>.json (input contract,
+            labels, sha256, tool versions, weights licence). Files are written to a temporary
+            name and renamed, so an interrupted export never leaves a half-written artifact.
+            Prints the artifact path. Artifacts are named <model>.<recipe>.<contract><suffix>.
+            """
+        ),
+        epilog=f"supported target x recipe:\n{support}\n\nrecipes:\n{recipe_lines}\n\n"
+        f"input contracts (--contract, default {DEFAULT_CONTRACT}):\n{contract_lines}\n\n"
+        "examples:\n"
+        "  edge-convnext export facebook/convnext-tiny-224 --target coreml --recipe fp16 -o out/\n"
+        "  edge-convnext export --random-init convnextv2-tiny-1k-224 --target executorch -o out/",
+    )
+    parser.add_argument("model", metavar="MODEL", help="Hub id, checkpoint dir, or seed")
+    parser.add_argument("--target", required=True, choices=sorted(SUPPORT), help="runtime")
+    parser.add_argument("--recipe", default="fp32", help="numerics recipe (default fp32)")
+    parser.add_argument(
+        "--contract", default=DEFAULT_CONTRACT, choices=sorted(CONTRACTS), help="input contract"
+    )
+    parser.add_argument("-o", "--out", default=".", metavar="DIR", help="output dir (default .)")
+    _add_model_source(parser)
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from .pipeline import build
+
+    artifact = build(
+        args.model,
+        args.target,
+        args.recipe,
+        args.out,
+        contract=args.contract,
+        random=args.random_init,
+        seed=args.seed,
+    )
+    print(artifact)
+    return EXIT_OK
+
+
+def _add_inspect(commands) -> None:
+    parser = commands.add_parser(
+        "inspect",
+        help="show an artifact's manifest and op/delegation summary",
+        formatter_class=_formatter,
+        description=_section(
+            """
+            Print what an artifact is (its sidecar manifest: model, recipe, input contract,
+            sha256, tools, licence) and how it runs: op counts, which ops a delegate (XNNPACK)
+            takes and which fall back to reference kernels, embedded metadata.
+            """
+        ),
+        epilog="example:\n  edge-convnext inspect out/convnext-tiny-224.fp32.app.pte --json",
+    )
+    parser.add_argument("artifact", metavar="ARTIFACT", help=".pte, .tflite or .mlpackage")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=_run_inspect)
+
+
+def _run_inspect(args) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from . import manifest, targets
+    from .errors import UnsupportedError
+
+    path = Path(args.artifact)
+    target = targets.target_for_path(path)
+    if target is None:
+        raise UnsupportedError(f"{path}: not an artifact; expected {', '.join(targets.SUFFIXES)}")
+    if not path.exists():
+        raise EdgeConvnextError(f"{path}: no such artifact")
+    info = {"manifest": asdict(manifest.read(path)), "runtime": targets.get(target).describe(path)}
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK
+    shown = {k: v for k, v in info["manifest"].items() if k != "labels"}
+    shown["labels"] = f"{len(info['manifest']['labels'])} labels"
+    for section, data in (("manifest", shown), ("runtime", info["runtime"])):
+        print(f"{section}:")
+        for key, value in data.items():
+            text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+            print(f"  {key}: {text}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-convnext",
@@ -133,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_predict(commands)
+    _add_export(commands)
+    _add_inspect(commands)
     return parser
 
 

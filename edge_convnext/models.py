@@ -9,11 +9,13 @@ built with seeded random weights and no network.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 
 from .errors import CheckpointError, choices
 from .labels import imagenet_labels
@@ -130,7 +132,7 @@ def _load_local(path: Path) -> LoadedModel:
     model_class = _model_class(model_type, str(path))
     try:
         hf_model = model_class.from_pretrained(path).eval()
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as error:
         raise CheckpointError(f"{path}: cannot load {weights[0]} ({error})") from None
     seed_pre = next(s.preprocessing for s in SEEDS.values() if s.model_type == model_type)
     preprocessing = _read_preprocessing(path / "preprocessor_config.json") or seed_pre

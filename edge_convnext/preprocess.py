@@ -13,6 +13,7 @@ can take either contract:
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,6 +94,21 @@ def open_rgb(path: str | os.PathLike, max_megapixels: float = MAX_MEGAPIXELS) ->
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: file is empty")
     try:
+        return _decode(path, max_megapixels)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path}: image too large to decode safely ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: cannot decode image ({error})") from None
+
+
+def _decode(path: Path, max_megapixels: float) -> Image.Image:
+    with warnings.catch_warnings():
+        # The megapixel limit below replaces Pillow's decompression-bomb warning.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as image:
             megapixels = image.width * image.height / 1e6
             if megapixels > max_megapixels:
@@ -101,16 +117,7 @@ def open_rgb(path: str | os.PathLike, max_megapixels: float = MAX_MEGAPIXELS) ->
                     f"over the {max_megapixels:.0f}-megapixel limit"
                 )
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file Pillow can read") from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: {error}") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: cannot decode image ({error})") from None
+            return _to_rgb(ImageOps.exif_transpose(image))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
