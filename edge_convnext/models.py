@@ -9,13 +9,19 @@ built with seeded random weights and no network.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import transformers
-from safetensors import SafetensorError
+# transformers imports torchao when present, which logs a warning per CUDA-only kernel it cannot
+# load on a CPU wheel and per enum it registers with torch's pytree: noise on every command.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
 
 from .errors import CheckpointError, choices
 from .labels import imagenet_labels
