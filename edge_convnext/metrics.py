@@ -51,13 +51,18 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         ValueError: ``n`` is 0 or ``successes`` is out of range.
     """
     if n <= 0 or not 0 <= successes <= n:
-        raise ValueError(f"wilson_interval needs 0 <= successes <= n and n > 0, got {successes}/{n}")
+        raise ValueError(
+            f"wilson_interval needs 0 <= successes <= n and n > 0, got {successes}/{n}"
+        )
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p = successes / n
     z2n = z * z / n
     centre = (p + z2n / 2) / (1 + z2n)
     half = z / (1 + z2n) * math.sqrt(p * (1 - p) / n + z2n / (4 * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n hits a bound is exactly 0 or 1; say so instead of leaving rounding noise.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> np.ndarray:
@@ -157,6 +162,6 @@ def kl_mean(logits: np.ndarray, reference: np.ndarray) -> float:
 
 
 def latency_percentiles(latencies_ms: np.ndarray) -> dict[str, float]:
-    """``{"p50": ..., "p90": ...}`` of per-image latencies in milliseconds (linear interpolation)."""
+    """``{"p50": ..., "p90": ...}`` of per-image latencies in ms (linear interpolation)."""
     p50, p90 = np.percentile(np.asarray(latencies_ms, dtype=np.float64), [50, 90])
     return {"p50": float(p50), "p90": float(p90)}

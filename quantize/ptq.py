@@ -1,0 +1,82 @@
+"""Post-training quantization driver (PT2E): export -> prepare -> calibrate -> convert.
+
+The target supplies the quantizer (``targets.<t>.pt2e_quantizer(recipe)``: XNNPACK's for
+ExecuTorch, litert-torch's for TFLite); this module supplies the calibration loop, like
+ExecuTorch's split of a quantization recipe from a lowering recipe. ``inplace=False``: the float
+model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from edge_convnext.preprocess import Preprocessing, normalize
+
+
+def contract_batches(
+    crops: np.ndarray, contract: str, preprocessing: Preprocessing
+) -> list[torch.Tensor]:
+    """Batch-1 tensors in ``contract``'s layout from ``uint8 (N, H, W, 3)`` RGB crops."""
+    if contract == "app":
+        return [torch.from_numpy(np.ascontiguousarray(c[None])) for c in crops]
+    return [torch.from_numpy(x[None]) for x in normalize(crops, preprocessing)]
+
+
+def export_for_quantization(
+    module: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = False
+) -> torch.fx.GraphModule:
+    """The ATen graph PT2E quantizers annotate (``torch.export`` then ``.module()``).
+
+    ``dynamic_batch`` keeps the batch dimension symbolic (QAT trains on batches; artifacts are
+    exported at batch 1).
+    """
+    module = copy.deepcopy(module).eval()
+    if not dynamic_batch:
+        return torch.export.export(module, (example,)).module()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    example = example.expand(2, *example.shape[1:]).contiguous()
+    return torch.export.export(module, (example,), dynamic_shapes=({0: batch},)).module()
+
+
+def ptq(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    quantizer,
+    calibration: Sequence[torch.Tensor],
+    progress: bool = True,
+) -> torch.fx.GraphModule:
+    """Calibrated static quantization of ``module`` with ``quantizer``.
+
+    Args:
+        module: float model taking the artifact's contract input.
+        example: one input (shape/dtype of the contract) for export.
+        quantizer: a torchao PT2E ``Quantizer`` configured by the target.
+        calibration: input batches to observe activation ranges on.
+        progress: show a progress bar.
+
+    Returns:
+        The converted graph with quantize/dequantize nodes, ready for the target to lower.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calibration:
+        raise ValueError("static quantization needs at least one calibration image")
+    prepared = prepare_pt2e(export_for_quantization(module, example), quantizer)
+    with torch.no_grad():
+        for batch in _progress(calibration, "calibrating", progress):
+            prepared(batch)
+    return convert_pt2e(prepared)
+
+
+def _progress(items: Iterable, description: str, enabled: bool):
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=description, unit="img", leave=False)

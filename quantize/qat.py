@@ -1,0 +1,196 @@
+"""Quantization-aware training by distillation, resumable: prepare -> step -> finalize.
+
+The student is the float model with the target's PT2E quantizer in QAT mode (fake-quant on
+weights and activations); the teacher is the same float model. The loss is the KL divergence
+between softmax(teacher / T) and softmax(student / T) on **unlabeled** images (labels, when given,
+add a cross-entropy term), so no labeled ImageNet train set is needed.
+
+Everything that decides the result is a function of ``(config.seed, step)``: the batch drawn at
+step ``s`` and its flips are the same whether the run went straight through or was killed and
+resumed from a checkpoint, so a resumed run ends at the same weights.
+
+Known trap: PT2E QAT can collapse accuracy (pytorch #111192, #114859, both about BatchNorm folding
+and observer state). ConvNeXt has no BatchNorm; observers are calibrated on the first batches and
+frozen after ``freeze_observers_at`` of the steps, and every result is measured against PTQ.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge_convnext import atomic
+from edge_convnext.errors import EdgeConvnextError
+
+from .ptq import export_for_quantization
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Training hyper-parameters (saved in the checkpoint; a resume must match them)."""
+
+    steps: int = 200
+    batch_size: int = 8
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    temperature: float = 1.0
+    label_weight: float = 0.0  # weight of cross-entropy on labels, when labels are given
+    calibration_steps: int = 4  # first steps observe ranges before gradients flow
+    freeze_observers_at: float = 0.8  # fraction of steps after which ranges stop moving
+    checkpoint_every: int = 25
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+        if not 0.0 <= self.freeze_observers_at <= 1.0:
+            raise ValueError("freeze_observers_at is a fraction of the steps, in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QATConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown QAT config keys {unknown}; expected {sorted(known)}")
+        return cls(**data)
+
+
+class QATRun:
+    """One QAT run: ``prepare`` (in ``__init__``) -> ``step`` ... -> ``finalize``.
+
+    Args:
+        teacher: float model taking the contract input (never modified).
+        example: one contract input, for export.
+        quantizer: the target's PT2E quantizer in QAT mode.
+        config: hyper-parameters.
+        device: "cpu" or "cuda".
+    """
+
+    def __init__(self, teacher, example, quantizer, config: QATConfig, device: str = "cpu"):
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+        self.config = config
+        self.device = torch.device(device)
+        self.teacher = copy.deepcopy(teacher).eval().to(self.device)
+        torch.manual_seed(config.seed)
+        graph = export_for_quantization(teacher, example, dynamic_batch=True)
+        self.student = prepare_qat_pt2e(graph, quantizer).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.student.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+        )
+        self.step_index = 0
+        self.losses: list[float] = []
+
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> float:
+        """One optimisation step on a batch (contract layout); returns the loss."""
+        from torchao.quantization.pt2e import move_exported_model_to_train
+
+        config = self.config
+        move_exported_model_to_train(self.student)
+        self._set_observers(enabled=self.step_index < config.steps * config.freeze_observers_at)
+        inputs = inputs.to(self.device)
+        with torch.no_grad():
+            teacher_logits = self.teacher(inputs)
+        student_logits = self.student(inputs)
+        loss = distillation_loss(student_logits, teacher_logits, config.temperature)
+        if labels is not None and config.label_weight > 0:
+            loss = loss + config.label_weight * F.cross_entropy(student_logits, labels.to(self.device))
+        if self.step_index >= config.calibration_steps:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        self.step_index += 1
+        self.losses.append(float(loss.detach()))
+        return self.losses[-1]
+
+    def _set_observers(self, enabled: bool) -> None:
+        from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+        for module in self.student.modules():
+            if isinstance(module, FakeQuantizeBase):
+                module.enable_observer() if enabled else module.disable_observer()
+
+    def finalize(self) -> torch.fx.GraphModule:
+        """The converted (quantize/dequantize) graph, on CPU, for the target to lower."""
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        student = copy.deepcopy(self.student).to("cpu")
+        move_exported_model_to_eval(student)
+        return convert_pt2e(student)
+
+    def state(self) -> dict:
+        return {
+            "step": self.step_index,
+            "student": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "losses": list(self.losses),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_index = state["step"]
+        self.losses = list(state["losses"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0):
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, mean over the batch."""
+    log_student = F.log_softmax(student / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def batch_for_step(pool: np.ndarray, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """The batch of step ``step``: a function of ``(seed, step)`` only, so resumes replay it.
+
+    Draws ``batch_size`` crops from ``pool`` (uint8 ``(N, H, W, 3)``) and flips half of them.
+    """
+    rng = np.random.default_rng([seed, step])
+    indices = rng.choice(len(pool), size=batch_size, replace=len(pool) < batch_size)
+    batch = pool[indices].copy()
+    flips = rng.random(batch_size) < 0.5
+    batch[flips] = batch[flips, :, ::-1]
+    return batch
+
+
+def save_checkpoint(path: Path, run: QATRun, meta: dict) -> None:
+    """Write the run's state and what it was started with, atomically."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "meta": meta,
+        "config": asdict(run.config),
+        **run.state(),
+    }
+    with atomic.atomic_path(Path(path)) as temporary:
+        torch.save(payload, temporary)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a QAT checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        EdgeConvnextError: missing, unreadable or of another format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeConvnextError(f"{path}: no such QAT checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged or foreign file
+        raise EdgeConvnextError(f"{path}: not a readable QAT checkpoint ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise EdgeConvnextError(f"{path}: not an edge-convnext QAT checkpoint")
+    return payload
