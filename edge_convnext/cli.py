@@ -224,6 +224,104 @@ def _run_inspect(args) -> int:
     return EXIT_OK
 
 
+def _add_audit(commands) -> None:
+    from .data import LAYOUTS
+
+    parser = commands.add_parser(
+        "audit",
+        help="score artifacts and checkpoints on ImageNet validation images",
+        formatter_class=_formatter,
+        description=_section(
+            """
+            Run each ARTIFACT_OR_MODEL in its own runtime over an ImageNet validation subset and
+            report what it really scores: top-1/top-5 with Wilson 95% intervals and, against a
+            reference (default: the first one given), top-1 agreement, McNemar's paired test,
+            logit cosine, SNR (dB) and KL, latency p50/p90 and file size.
+
+            --data may be an ImageFolder (val/<wnid>/*.JPEG), flat ILSVRC2012_val_*.JPEG files with
+            the devkit ground truth (ILSVRC2012_validation_ground_truth.txt + meta.mat) or Kaggle's
+            LOC_val_solution.csv, a path,label CSV, or Hugging Face imagenet-1k parquet shards. The
+            layout is detected (ground-truth files are found by name) unless --layout is given.
+
+            Unreadable images are listed with their reason and left out of every denominator.
+            Images an artifact was calibrated on (listed in its manifest) are never scored unless
+            --include-calibration is given. Core ML artifacts on Linux are scored through the
+            numpy MIL evaluator and marked so.
+            """
+        ),
+        epilog=_section(
+            """
+            output (in --out):
+              report.json      one row per artifact; fractions in [0, 1]
+              report.md        the same as a table
+              accuracy.png     top-1/top-5 with 95% intervals per artifact
+              tradeoff.png     accuracy vs size vs latency
+              predictions.npz  logits per image: a --reference for audits on other machines
+              manifest.json    the exact image list with sha256: re-run it with --manifest
+
+            examples:
+              edge-convnext audit facebook/convnext-tiny-224 out/*.tflite --data val/ --per-class 5
+              # on a Raspberry Pi, against predictions made on the host (no torch needed):
+              edge-convnext audit model.tflite --data val/ --manifest host/manifest.json \\
+                  --reference host/predictions.npz
+            """
+        ),
+    )
+    parser.add_argument("models", metavar="ARTIFACT_OR_MODEL", nargs="+",
+                        help="artifact files, checkpoint dirs, Hub ids (or seeds with --random-init)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="ImageNet validation images")
+    subset = parser.add_argument_group("subset")
+    choice = subset.add_mutually_exclusive_group()
+    choice.add_argument("--per-class", type=int, metavar="K", help="K images per class, stratified")
+    choice.add_argument("--limit", type=int, metavar="N", help="N images in all")
+    choice.add_argument("--manifest", metavar="FILE", help="re-run the images of an earlier audit")
+    subset.add_argument("--seed", type=int, default=0, help="subset (and --random-init) seed (0)")
+    subset.add_argument("--layout", choices=LAYOUTS, help="dataset layout (default: detect)")
+    subset.add_argument("--labels", metavar="FILE", help="ground-truth file, if not found in --data")
+    subset.add_argument("--exclude", nargs="*", default=[], metavar="KEY",
+                        help="image keys or paths never to score")
+    subset.add_argument("--include-calibration", action="store_true",
+                        help="also score images the artifacts were calibrated on")
+    parser.add_argument("--reference", metavar="R",
+                        help="one of the audited names, another model/artifact, or a "
+                        "predictions.npz[#NAME] from an earlier audit (default: the first)")
+    parser.add_argument("--out", default="audit", metavar="DIR", help="output dir (./audit)")
+    parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="build model arguments that name a seed with seeded random weights")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_audit)
+
+
+def _run_audit(args) -> int:
+    from pathlib import Path
+
+    from . import audit
+    from .runners import calibration_keys, open_runner
+
+    runners = [open_runner(ref, random=args.random_init, seed=args.seed, threads=args.threads)
+               for ref in args.models]
+    for runner in runners:
+        if runner.note:
+            print(f"note: {runner.name}: {runner.note}", file=sys.stderr)
+    exclude = list(args.exclude)
+    if not args.include_calibration:
+        exclude += [key for runner in runners for key in calibration_keys(runner)]
+    reference = args.reference
+    names = {runner.name for runner in runners}
+    if reference and reference not in names and ".npz" not in reference:
+        reference = open_runner(reference, random=args.random_init, seed=args.seed,
+                                threads=args.threads)
+    report = audit.main(
+        runners, args.data, layout=args.layout, labels_file=args.labels,
+        per_class=args.per_class, limit=args.limit, seed=args.seed,
+        reference=reference or runners[0].name, out=Path(args.out), manifest=args.manifest,
+        exclude=exclude, progress=not args.no_progress,
+    )
+    print(report)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-convnext",
@@ -235,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_export(commands)
     _add_inspect(commands)
+    _add_audit(commands)
     return parser
 
 

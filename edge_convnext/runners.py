@@ -51,3 +51,11 @@ def open_runner(
     from . import models
 
     return TorchRunner(models.load(ref, random=random, seed=seed), threads=threads)
+
+
+def calibration_keys(runner) -> list[str]:
+    """Keys of the images an artifact was calibrated on (from its manifest), never to be scored."""
+    manifest = getattr(runner, "manifest", None)
+    if manifest is None:
+        return []
+    return list(manifest.details.get("calibration", {}).get("keys", []))
