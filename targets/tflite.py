@@ -1,0 +1,409 @@
+"""TFLite / LiteRT target: ``litert_torch.convert(module, (example,))`` -> ``.tflite``.
+
+Anchor: litert-torch's ``convert()`` (``litert_torch/_convert/interface.py``): torch.export,
+lowering to StableHLO/TFL MLIR, the LiteRT converter passes, and a flatbuffer out
+(``LiteRTModel.model_content()``). We then embed TFLite Metadata (``tflite_metadata``: model
+facts, input normalization and image properties, ``labels.txt`` on the output) so Android's Task
+Library ``ImageClassifier`` takes the "app" artifact as is.
+
+Contracts: "app" is ``uint8 (1, H, W, 3)`` RGB with normalization in the graph (the Task Library
+shape; a float NHWC contract would add nothing an app uses); "float-nchw" is ``float32
+(1, 3, H, W)`` normalized, for parity checks (Task Library wants NHWC, so its metadata is
+informational).
+
+Device side (:func:`load`, :func:`describe`) needs only ``ai-edge-litert`` (or
+``tflite-runtime``) and numpy: the runner builds one ``Interpreter`` (XNNPACK applied by
+default) and quantizes/dequantizes int8/uint8 I/O tensors from their own scale and zero point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from edge_convnext.targets import check_supported
+from edge_convnext.targets import tflite_metadata as metadata
+from edge_convnext.targets.runner import ArtifactRunner
+from edge_convnext.targets.tflite_metadata import read_metadata
+
+from edge_convnext import __version__
+from edge_convnext import manifest as manifests
+from edge_convnext.errors import EdgeConvnextError, UnsupportedError
+
+if TYPE_CHECKING:  # models imports torch; this module must import without it
+    from edge_convnext.quantize.recipes import Recipe
+
+    from edge_convnext.models import LoadedModel
+
+NAME = "tflite"
+SUFFIX = ".tflite"
+NOTE: str | None = None
+RUNTIME_HINT = "pip install 'edge-convnext[pi]' (ai-edge-litert) or tflite-runtime"
+TOOLCHAIN_HINT = "pip install 'edge-convnext[tflite]' (litert-torch)"
+DELEGATE = "XNNPACK"  # what ai-edge-litert's Interpreter applies by default on CPU
+
+__all__ = ["NAME", "SUFFIX", "NOTE", "export", "load", "describe", "read_metadata", "TFLiteRunner"]
+
+
+# --- torch side ---------------------------------------------------------------------------------
+
+
+def export(
+    model: LoadedModel,
+    recipe: Recipe,
+    out_dir: Path,
+    contract: str = manifests.DEFAULT_CONTRACT,
+    *,
+    module=None,
+    convert_options: dict | None = None,
+    postprocess: Callable[[bytes], bytes] | None = None,
+) -> Path:
+    """Convert ``model`` with litert-torch, embed TFLite Metadata, write ``.tflite`` + sidecar.
+
+    Args:
+        model: the classifier and what its artifact carries (labels, preprocessing, licence).
+        recipe: the numerics; must be supported by this target (``targets.SUPPORT``).
+        out_dir: where ``<model>.<recipe>.<contract>.tflite`` and its ``.json`` go.
+        contract: ``"app"`` (uint8 NHWC, normalization in the graph) or ``"float-nchw"``.
+        module: a torch module to convert instead of ``model.module`` (e.g. after PT2E
+            prepare/convert); like it, it maps normalized ``float32 (N, 3, H, W)`` to logits, and
+            ``lowering.with_contract`` adds the contract's input around it.
+        convert_options: extra keyword arguments for ``litert_torch.convert`` (``quant_config``,
+            ``_litert_converter_flags``, ...); their names are recorded in the manifest.
+        postprocess: applied to the converted flatbuffer before the metadata is embedded
+            (e.g. an ai-edge-quantizer pass); its name is recorded in the manifest.
+
+    Returns:
+        The artifact path. Nothing is written if any step fails.
+
+    Raises:
+        UnsupportedError: unknown contract, unsupported recipe, or the converter rejected the model.
+        EdgeConvnextError: litert-torch is not installed.
+    """
+    from edge_convnext.targets import lowering  # torch
+
+    check_supported(NAME, recipe.name)
+    lowered = lowering.with_contract(model, contract, module)
+    example = lowering.example_input(contract, model.preprocessing)
+    options = dict(convert_options or {})
+    flatbuffer = convert(lowered, example, where=f"{model.name} ({contract})", **options)
+    if postprocess is not None:
+        flatbuffer = postprocess(flatbuffer)
+    info = classifier_metadata(model, recipe, contract)
+    labels = {metadata.LABELS_FILE: metadata.labels_file(model.labels)}
+    artifact = metadata.embed(flatbuffer, metadata.build_metadata(info), labels)
+    details = {
+        "converter": "litert_torch.convert",
+        "convert_options": sorted(options),
+        "postprocess": getattr(postprocess, "__name__", repr(postprocess)) if postprocess else None,
+        "ops": op_counts(artifact),
+        "delegation": delegation(_interpreter(model_content=artifact)),
+        "tflite_metadata": {
+            "task_library_image_classifier": contract == "app",
+            "normalization": {"mean": list(info.mean), "std": list(info.std)},
+            "associated_files": sorted(labels),
+        },
+    }
+    return lowering.write_artifact(
+        model, recipe, contract, NAME, out_dir, lambda path: path.write_bytes(artifact), details
+    )
+
+
+def convert(module, example, *, where: str = "model", **options) -> bytes:
+    """``litert_torch.convert(module, (example,), **options)`` as flatbuffer bytes, quietly."""
+    try:
+        import litert_torch
+    except ImportError:
+        raise EdgeConvnextError(f"the tflite target needs litert-torch; {TOOLCHAIN_HINT}") from None
+    with _quiet_litert_torch():
+        try:
+            return bytes(litert_torch.convert(module, (example,), **options).model_content())
+        except Exception as error:  # the converter raises many types; keep the cause chained
+            first = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            raise UnsupportedError(f"litert-torch could not convert {where}: {first}") from error
+
+
+@contextlib.contextmanager
+def _quiet_litert_torch():
+    """Silence litert-torch's progress lines (an env var it reads at each step) for one call."""
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    before = os.environ.get(key)
+    os.environ[key] = "n"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def classifier_metadata(model: LoadedModel, recipe: Recipe, contract: str):
+    """The TFLite Metadata for ``model`` exported with ``recipe`` and ``contract``."""
+    pre = model.preprocessing
+    side = pre.crop_size
+    if contract == "app":
+        # Normalization is in the graph: declare identity so Task Library does not apply it again.
+        mean, std, low, high = (0.0,), (1.0,), (0.0,), (255.0,)
+        described = f"uint8 RGB 0..255, NHWC (1, {side}, {side}, 3); normalization is in the graph."
+    else:
+        mean = tuple(255.0 * m for m in pre.mean)
+        std = tuple(255.0 * s for s in pre.std)
+        low = tuple(-m / s for m, s in zip(mean, std, strict=True))
+        high = tuple((255.0 - m) / s for m, s in zip(mean, std, strict=True))
+        described = (
+            f"float32 RGB, NCHW (1, 3, {side}, {side}), normalized as (pixel - mean) / std with "
+            "the mean/std below (0..255 units). For parity checks: Task Library needs NHWC, "
+            "use the 'app' artifact on Android."
+        )
+    source = f"{model.source}@{model.revision}" if model.revision else model.source
+    return metadata.ClassifierMetadata(
+        name=model.name,
+        description=(
+            f"{model.model_type} image classifier ({len(model.labels)} classes), recipe "
+            f"{recipe.name} ({recipe.description}), input contract {contract!r}: "
+            f"{manifests.CONTRACTS[contract]}. Output: logits, no softmax."
+        ),
+        version=f"{source}; {recipe.name}.{contract}",
+        author=f"checkpoint {model.source}; converted by edge-convnext {__version__}",
+        license=model.license,
+        input_name="pixels",
+        input_description=described,
+        mean=mean,
+        std=std,
+        input_min=low,
+        input_max=high,
+        image_size=(side, side),
+        output_name="logits",
+        output_description=f"Logits over {len(model.labels)} classes (apply softmax for scores).",
+        labels=tuple(model.labels),
+    )
+
+
+# --- device side --------------------------------------------------------------------------------
+
+
+def _interpreter_class():
+    """ai-edge-litert's Interpreter, else tflite-runtime's (same API)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise EdgeConvnextError(
+                f"running .tflite artifacts needs the LiteRT runtime; {RUNTIME_HINT}"
+            ) from None
+    return Interpreter
+
+
+def _interpreter(**source):
+    """A 1-thread interpreter on ``model_path=`` or ``model_content=``, tensors allocated."""
+    interpreter = _interpreter_class()(num_threads=1, **source)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+class TFLiteRunner(ArtifactRunner):
+    """One ``Interpreter``, built once; each call sets the input, invokes and reads the logits."""
+
+    target = NAME
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        super().__init__(path)
+        self.threads = threads
+        self.interpreter = _interpreter_class()(model_path=str(self.path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EdgeConvnextError(
+                f"{self.path}: expected 1 input and 1 output tensor, found "
+                f"{len(inputs)} and {len(outputs)}"
+            )
+        self.input, self.output = inputs[0], outputs[0]
+        expected = tuple(self.manifest.input["shape"])
+        if tuple(self.input["shape"]) != expected:
+            raise EdgeConvnextError(
+                f"{self.path}: input tensor shape {tuple(self.input['shape'])} does not match "
+                f"the manifest's {self.contract!r} contract {expected}"
+            )
+
+    def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
+        """``batch``: one input in the artifact's contract -> ``float32 (1, classes)`` logits."""
+        self.interpreter.set_tensor(self.input["index"], to_tensor(batch, self.input))
+        self.interpreter.invoke()
+        return from_tensor(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def load(path: Path, threads: int | None = None) -> TFLiteRunner:
+    """A runner for a ``.tflite`` artifact (torch-free; needs its sidecar manifest)."""
+    return TFLiteRunner(path, threads=threads)
+
+
+def _quantization(detail: dict) -> tuple[float, int] | None:
+    """Per-tensor ``(scale, zero_point)`` of a tensor, None if it is not quantized."""
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", []))
+    if scales.size == 0:
+        scale, zero = detail.get("quantization", (0.0, 0))
+        return (float(scale), int(zero)) if scale else None
+    if scales.size != 1:
+        raise UnsupportedError(
+            f"tensor {detail['name']!r} is quantized per channel; the runner handles per-tensor "
+            "input/output quantization only"
+        )
+    return float(scales[0]), int(np.asarray(params["zero_points"]).reshape(-1)[0])
+
+
+def to_tensor(values: np.ndarray, detail: dict) -> np.ndarray:
+    """Contract values (real numbers) -> what the input tensor holds.
+
+    A quantized integer tensor gets ``round(x / scale) + zero_point``, clipped to its dtype; a
+    tensor of the values' own dtype with no (or identity) quantization gets them as they are.
+    """
+    dtype = np.dtype(detail["dtype"])
+    quant = _quantization(detail)
+    if quant is None or quant == (1.0, 0):
+        if values.dtype == dtype:
+            return np.ascontiguousarray(values)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            values = np.clip(np.round(values), info.min, info.max)
+        return np.ascontiguousarray(values.astype(dtype))
+    scale, zero = quant
+    info = np.iinfo(dtype)
+    quantized = np.round(values.astype(np.float32) / np.float32(scale)) + zero
+    return np.ascontiguousarray(np.clip(quantized, info.min, info.max).astype(dtype))
+
+
+def from_tensor(values: np.ndarray, detail: dict) -> np.ndarray:
+    """What an output tensor holds -> ``float32`` real values (dequantized if quantized)."""
+    quant = _quantization(detail)
+    if quant is None or not np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.float32)
+    scale, zero = quant
+    return ((values.astype(np.float32) - zero) * np.float32(scale)).astype(np.float32)
+
+
+# --- inspection ---------------------------------------------------------------------------------
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        raise EdgeConvnextError(
+            f"reading .tflite structure needs ai-edge-litert; {RUNTIME_HINT}"
+        ) from None
+    return schema_py_generated
+
+
+def op_counts(model: bytes) -> dict[str, int]:
+    """Operator counts over every subgraph of a ``.tflite`` flatbuffer, most frequent first."""
+    schema = _schema()
+    root = schema.Model.GetRootAs(model, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    counts: Counter[str] = Counter()
+    for s in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(s)
+        for i in range(subgraph.OperatorsLength()):
+            code = root.OperatorCodes(subgraph.Operators(i).OpcodeIndex())
+            # builtin_code superseded deprecated_builtin_code (int8) when ops passed 127.
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            if builtin == schema.BuiltinOperator.CUSTOM:
+                counts[f"CUSTOM:{code.CustomCode().decode()}"] += 1
+            else:
+                counts[names.get(builtin, str(builtin))] += 1
+    return dict(counts.most_common())
+
+
+def delegation(interpreter) -> dict:
+    """Which ops an allocated interpreter's delegates took and which run on builtin kernels.
+
+    Delegate kernels are appended to the node list as ``DELEGATE`` nodes; the ops one replaced
+    are found by walking back from its outputs to its inputs through their producers.
+    """
+    if not hasattr(interpreter, "_get_ops_details"):  # private API; older runtimes lack it
+        return {"delegate": DELEGATE, "available": False}
+    nodes = interpreter._get_ops_details()
+    kernels = [n for n in nodes if n["op_name"] == "DELEGATE"]
+    ops = [n for n in nodes if n["op_name"] != "DELEGATE"]
+    producer = {int(t): n for n in ops for t in n["outputs"]}
+    taken: set[int] = set()
+    for kernel in kernels:
+        boundary = {int(t) for t in kernel["inputs"]}
+        pending, seen = [int(t) for t in kernel["outputs"]], set()
+        while pending:
+            tensor = pending.pop()
+            if tensor in boundary or tensor in seen or tensor not in producer:
+                continue
+            seen.add(tensor)
+            node = producer[tensor]
+            taken.add(node["index"])
+            pending.extend(int(t) for t in node["inputs"])
+    delegated = Counter(n["op_name"] for n in ops if n["index"] in taken)
+    fallback = Counter(n["op_name"] for n in ops if n["index"] not in taken)
+    return {
+        "delegate": DELEGATE,
+        "delegate_kernels": len(kernels),
+        "ops": len(ops),
+        "delegated_ops": sum(delegated.values()),
+        "delegated": dict(delegated.most_common()),
+        "cpu_fallback": dict(fallback.most_common()),
+    }
+
+
+def _tensor_facts(detail: dict) -> dict:
+    facts = {
+        "name": detail["name"],
+        "shape": [int(d) for d in detail["shape"]],
+        "dtype": np.dtype(detail["dtype"]).name,
+    }
+    quant = _quantization(detail)
+    if quant is not None:
+        facts["quantization"] = {"scale": quant[0], "zero_point": quant[1]}
+    return facts
+
+
+def describe(path: Path) -> dict:
+    """Op counts, I/O tensors, XNNPACK delegation and embedded metadata of a ``.tflite``.
+
+    Raises:
+        EdgeConvnextError: missing file or runtime.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeConvnextError(f"{path}: no such .tflite file")
+    model = path.read_bytes()
+    interpreter = _interpreter(model_path=str(path))
+    try:
+        info = metadata.metadata_from_bytes(model)
+    except EdgeConvnextError as error:
+        raise EdgeConvnextError(f"{path}: {error}") from None
+    summary = {k: info.get(k) for k in ("name", "version", "author", "license")} if info else {}
+    if info:
+        labels = info.get("labels") or []
+        summary.update(
+            min_parser_version=info["min_parser_version"],
+            normalization=info["normalization"],
+            color_space=(info["inputs"] or [{}])[0].get("color_space"),
+            labels={"count": len(labels), "first": labels[:3]} if labels else None,
+        )
+    ops = op_counts(model)
+    return {
+        "size_bytes": len(model),
+        "op_count": sum(ops.values()),
+        "ops": ops,
+        "inputs": [_tensor_facts(d) for d in interpreter.get_input_details()],
+        "outputs": [_tensor_facts(d) for d in interpreter.get_output_details()],
+        "delegation": delegation(interpreter),
+        "metadata": summary or None,
+    }

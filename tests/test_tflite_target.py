@@ -1,0 +1,292 @@
+"""The TFLite/LiteRT target on small ConvNeXt V1/V2 models: export, metadata, runner, describe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+torch = pytest.importorskip("torch")
+
+from edge_convnext.quantize import recipes  # noqa: E402
+from edge_convnext.targets import tflite  # noqa: E402
+from edge_convnext.targets import tflite_metadata as tfmeta  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from edge_convnext.errors import EdgeConvnextError, UnsupportedError  # noqa: E402
+from edge_convnext.preprocess import load_crop, normalize  # noqa: E402
+from edge_convnext.testing import nontrivial_model  # noqa: E402
+
+SMALL = {"depths": [1, 1, 1, 1], "hidden_sizes": [16, 32, 64, 128]}
+SEEDS = ("convnext-tiny-224", "convnextv2-tiny-1k-224")
+FLOWS = [(seed, contract) for seed in SEEDS for contract in ("app", "float-nchw")]
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.set_num_threads(1)
+    return {seed: nontrivial_model(seed, **SMALL) for seed in SEEDS}
+
+
+@pytest.fixture(scope="module")
+def exported(models, tmp_path_factory):
+    """``exported(seed, contract) -> Path``, each flow converted once per module."""
+    out = tmp_path_factory.mktemp("tflite")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(seed: str, contract: str) -> Path:
+        if (seed, contract) not in cache:
+            model = models[seed]
+            cache[seed, contract] = tflite.export(model, recipes.get("fp32"), out, contract)
+        return cache[seed, contract]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory, models):
+    """Two generated photos-like images through the real decode + resize + crop path."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    result = []
+    for i, size in enumerate([(320, 240), (200, 300)]):
+        gradient = np.linspace(0, 255, size[0], dtype=np.float32)[None, :, None]
+        pixels = np.broadcast_to(gradient, (size[1], size[0], 3)).copy()
+        pixels += rng.normal(0, 20, pixels.shape)
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        draw.ellipse([40 + 10 * i, 30, 160, 170], fill=(200, 40 * i, 30))
+        draw.rectangle([100, 120, 190, 200], fill=(20, 90, 220))
+        path = folder / f"image_{i}.png"
+        image.save(path)
+        result.append(load_crop(path, models[SEEDS[0]].preprocessing))
+    return np.stack(result)
+
+
+@pytest.mark.parametrize(("seed", "contract"), FLOWS)
+def test_export_writes_artifact_and_sidecar(exported, seed, contract):
+    path = exported(seed, contract)
+    assert path.name == f"{seed}.fp32.{contract}.tflite"
+    assert path.stat().st_size > 100_000
+    manifest = json.loads(Path(f"{path}.json").read_text())
+    assert manifest["target"] == "tflite" and manifest["recipe"] == "fp32"
+    assert manifest["contract"] == contract
+    assert manifest["size_bytes"] == path.stat().st_size
+    details = manifest["details"]
+    assert details["converter"] == "litert_torch.convert"
+    assert details["ops"]["CONV_2D"] >= 4
+    assert details["delegation"]["delegated_ops"] > 0
+    assert details["tflite_metadata"]["task_library_image_classifier"] == (contract == "app")
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(("seed", "contract"), FLOWS)
+def test_embedded_metadata_is_readable(exported, models, seed, contract):
+    model = models[seed]
+    info = tflite.read_metadata(exported(seed, contract))
+    assert info["name"] == seed
+    assert info["license"] == model.license
+    assert info["min_parser_version"] == "1.0.0"
+    assert info["labels"] == model.labels
+    assert info["packed_files"] == ["labels.txt"]
+    (tensor,) = info["inputs"]
+    assert tensor["content"] == "image" and tensor["color_space"] == "RGB"
+    assert tensor["default_size"] == [224, 224]
+    (output,) = info["outputs"]
+    assert output["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
+    if contract == "app":  # normalization is in the graph: Task Library must not normalize again
+        assert info["normalization"] == {"mean": [0.0], "std": [1.0]}
+        assert tensor["stats"] == {"max": [255.0], "min": [0.0]}
+    else:
+        expected = [255 * m for m in model.preprocessing.mean]
+        np.testing.assert_allclose(info["normalization"]["mean"], expected, rtol=1e-6)
+        np.testing.assert_allclose(
+            info["normalization"]["std"], [255 * s for s in model.preprocessing.std], rtol=1e-6
+        )
+
+
+@pytest.mark.parametrize(("seed", "contract"), FLOWS)
+def test_runner_matches_torch(exported, models, crops, seed, contract, monkeypatch):
+    built = []
+    interpreter_class = tflite._interpreter_class()
+
+    class Counting(interpreter_class):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tflite, "_interpreter_class", lambda: Counting)
+    runner = tflite.load(exported(seed, contract), threads=2)
+    logits = runner(crops)
+    again = runner(crops[0])
+    assert len(built) == 1 and built[0]["num_threads"] == 2
+    model = models[seed]
+    with torch.inference_mode():
+        reference = model.module(torch.from_numpy(normalize(crops, model.preprocessing))).numpy()
+    assert logits.shape == (2, len(model.labels)) and logits.dtype == np.float32
+    np.testing.assert_array_equal(again[0], logits[0])
+    cosine = (logits * reference).sum(1) / np.linalg.norm(logits, axis=1)
+    cosine /= np.linalg.norm(reference, axis=1)
+    assert cosine.min() >= 0.9999, cosine
+    np.testing.assert_array_equal(logits.argmax(1), reference.argmax(1))
+    assert runner.target == "tflite" and runner.contract == contract
+    assert runner.labels == model.labels
+
+
+@pytest.mark.parametrize("contract", ["app", "float-nchw"])
+def test_describe(exported, contract):
+    info = tflite.describe(exported(SEEDS[1], contract))
+    assert info["op_count"] == sum(info["ops"].values())
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(info["ops"])
+    (tensor,) = info["inputs"]
+    if contract == "app":
+        assert (tensor["dtype"], tensor["shape"]) == ("uint8", [1, 224, 224, 3])
+    else:
+        assert (tensor["dtype"], tensor["shape"]) == ("float32", [1, 3, 224, 224])
+    assert info["outputs"][0]["shape"] == [1, 1000]
+    delegation = info["delegation"]
+    assert delegation["delegate"] == "XNNPACK" and delegation["delegate_kernels"] >= 1
+    taken = sum(delegation["delegated"].values()) + sum(delegation["cpu_fallback"].values())
+    assert taken == delegation["ops"] == info["op_count"]
+    assert info["metadata"]["labels"]["count"] == 1000
+    json.dumps(info)  # `inspect --json` prints it
+
+
+def test_failed_export_leaves_nothing(models, tmp_path):
+    class Broken(torch.nn.Module):
+        def forward(self, pixels):
+            raise RuntimeError("cannot trace this")
+
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedError, match="litert-torch could not convert"):
+        tflite.export(models[SEEDS[0]], recipes.get("fp32"), out, "app", module=Broken())
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_failure_after_conversion_leaves_nothing(models, tmp_path):
+    seen = []
+
+    def quantizer_pass(flatbuffer: bytes) -> bytes:
+        seen.append(flatbuffer[4:8])
+        raise ValueError("quantizer failed")
+
+    with pytest.raises(ValueError, match="quantizer failed"):
+        tflite.export(
+            models[SEEDS[0]], recipes.get("fp32"), tmp_path, "app", postprocess=quantizer_pass
+        )
+    assert seen == [b"TFL3"]  # the hook got the converted flatbuffer
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("recipe", "contract"), [("fp16", "app"), ("fp32", "nhwc")])
+def test_unsupported_combinations_write_nothing(models, tmp_path, recipe, contract):
+    with pytest.raises(UnsupportedError):
+        tflite.export(models[SEEDS[0]], recipes.get(recipe), tmp_path, contract)
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_and_run_without_torch(exported, crops, tmp_path):
+    path = exported(SEEDS[0], "app")
+    np.save(tmp_path / "crops.npy", crops)
+    script = f"""
+import sys
+import numpy as np
+from edge_convnext.targets import tflite
+runner = tflite.load({str(path)!r}, threads=1)
+assert runner(np.load({str(tmp_path / "crops.npy")!r})).shape == (2, 1000)
+tflite.describe(runner.path)
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_missing_sidecar_is_a_user_error(exported, tmp_path):
+    lonely = tmp_path / "model.tflite"
+    lonely.write_bytes(exported(SEEDS[0], "app").read_bytes())
+    with pytest.raises(EdgeConvnextError, match="sidecar"):
+        tflite.load(lonely)
+    assert tflite.read_metadata(lonely)["name"] == SEEDS[0]
+
+
+# --- I/O quantization: what int8/uint8 artifacts need, checked on tensor details alone ---------
+
+
+def _detail(dtype, scales=(), zero_points=()):
+    return {
+        "name": "t",
+        "dtype": dtype,
+        "quantization": (scales[0], zero_points[0]) if scales else (0.0, 0),
+        "quantization_parameters": {
+            "scales": np.asarray(scales, np.float32),
+            "zero_points": np.asarray(zero_points, np.int32),
+        },
+    }
+
+
+def test_inputs_pass_through_when_the_tensor_takes_the_contract_as_is():
+    pixels = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
+    np.testing.assert_array_equal(tflite.to_tensor(pixels, _detail(np.uint8)), pixels)
+    np.testing.assert_array_equal(tflite.to_tensor(pixels, _detail(np.uint8, [1.0], [0])), pixels)
+    as_float = tflite.to_tensor(pixels, _detail(np.float32))
+    assert as_float.dtype == np.float32 and as_float.max() == 11
+
+
+def test_inputs_are_quantized_with_the_tensor_scale_and_zero_point():
+    pixels = np.array([0, 1, 128, 255], dtype=np.uint8)
+    int8 = tflite.to_tensor(pixels, _detail(np.int8, [1.0], [-128]))
+    np.testing.assert_array_equal(int8, [-128, -127, 0, 127])
+    values = np.array([-2.0, 0.0, 0.26, 9.0], dtype=np.float32)
+    q = tflite.to_tensor(values, _detail(np.int8, [0.05], [3]))
+    np.testing.assert_array_equal(q, [-37, 3, 8, 127])  # 9.0 saturates
+    assert q.dtype == np.int8
+
+
+def test_outputs_are_dequantized():
+    raw = np.array([[-128, 0, 127]], dtype=np.int8)
+    logits = tflite.from_tensor(raw, _detail(np.int8, [0.1], [-10]))
+    np.testing.assert_allclose(logits, [[-11.8, 1.0, 13.7]], rtol=1e-6)
+    assert logits.dtype == np.float32
+    floats = np.array([[0.5]], dtype=np.float32)
+    np.testing.assert_array_equal(tflite.from_tensor(floats, _detail(np.float32)), floats)
+
+
+def test_per_channel_io_quantization_is_refused():
+    with pytest.raises(UnsupportedError, match="per channel"):
+        tflite.to_tensor(np.zeros(3, np.float32), _detail(np.int8, [0.1, 0.2], [0, 0]))
+
+
+def test_metadata_round_trip_without_a_model():
+    info = tfmeta.ClassifierMetadata(
+        name="n",
+        description="d",
+        version="v",
+        author="a",
+        license="l",
+        input_name="pixels",
+        input_description="i",
+        mean=(1.0, 2.0, 3.0),
+        std=(4.0, 5.0, 6.0),
+        input_min=(-1.0, -2.0, -3.0),
+        input_max=(1.0, 2.0, 3.0),
+        image_size=(32, 16),
+        output_name="logits",
+        output_description="o",
+        labels=("cat", "dog"),
+    )
+    parsed = tfmeta.parse_metadata(tfmeta.build_metadata(info))
+    assert (parsed["name"], parsed["version"], parsed["author"]) == ("n", "v", "a")
+    (tensor,) = parsed["inputs"]
+    assert tensor["normalization"] == {"mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0]}
+    assert tensor["stats"] == {"max": [1.0, 2.0, 3.0], "min": [-1.0, -2.0, -3.0]}
+    assert tensor["default_size"] == [32, 16]
+    assert parsed["outputs"][0]["content"] == "feature"
+    assert tfmeta.labels_file(info.labels) == b"cat\ndog\n"
+    with pytest.raises(ValueError, match="newline"):
+        tfmeta.labels_file(["a\nb"])
