@@ -1,0 +1,343 @@
+"""ExecuTorch target: a ``.pte`` program with the XNNPACK delegate, run by ExecuTorch's runtime.
+
+Flow (ExecuTorch's documented XNNPACK lowering, docs "XNNPACK Backend"):
+``torch.export.export(module, (example,))`` ->
+``executorch.exir.to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])`` ->
+``.to_executorch()`` -> ``.buffer`` written atomically. What the XNNPACK partitioner does not take
+stays in the program as calls to ExecuTorch's CPU kernels between delegate calls: in ConvNeXt every
+``native_layer_norm`` and the head's ``mean`` (no ``keepdim``); in V2 also GRN's ``sum``,
+``pow(0.5)`` and channel ``mean``. :func:`describe` reports both sides from the ``.pte`` alone.
+
+Runner: ``executorch.runtime.Runtime.get().load_program(path).load_method("forward")`` once, then
+``method.execute([tensor])`` per image. The Python runtime (pybindings) takes and returns
+``torch.Tensor`` only (numpy arrays are rejected) and loads libtorch on import, so running a
+``.pte`` from Python needs torch installed; the torch-free device path is the ``.tflite`` target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+import weakref
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_convnext import manifest as manifests
+from edge_convnext.errors import EdgeConvnextError
+from edge_convnext.manifest import DEFAULT_CONTRACT
+
+from . import check_supported
+from .runner import ArtifactRunner
+
+if TYPE_CHECKING:
+    from torch.export import ExportedProgram
+
+    from ..models import LoadedModel
+    from ..quantize.recipes import Recipe
+
+NAME = "executorch"
+SUFFIX = ".pte"
+NOTE = (
+    "ExecuTorch's Python runtime exchanges torch tensors and loads libtorch: running a .pte from "
+    "Python needs torch installed (pip install 'edge-convnext[executorch]')"
+)
+METHOD = "forward"
+FLOW = (
+    "torch.export.export -> executorch.exir.to_edge_transform_and_lower("
+    "partitioner=[XnnpackPartitioner()]) -> to_executorch"
+)
+INSTALL_HINT = "pip install 'edge-convnext[executorch]' (executorch==1.5.1 and torch)"
+
+# Runners whose methods are loaded. XNNPACK delegates capture the process-wide ExecuTorch thread
+# pool when a method loads, and resizing the pool destroys it, so it is only resized while none
+# is open.
+_OPEN_RUNNERS: weakref.WeakSet = weakref.WeakSet()
+_DEFAULT_THREADS: list[int] = []  # the runtime's own pool size, recorded before any resize
+
+
+# --------------------------------------------------------------------------- export (torch side)
+
+
+def export(
+    model: LoadedModel, recipe: Recipe, out_dir: Path, contract: str = DEFAULT_CONTRACT
+) -> Path:
+    """Lower ``model`` to a ``.pte`` with the XNNPACK delegate; write it and its sidecar manifest.
+
+    Args:
+        model: the :class:`edge_convnext.models.LoadedModel` to lower.
+        recipe: the :class:`edge_convnext.quantize.recipes.Recipe`; only ``fp32`` for now.
+        out_dir: directory for ``<model>.<recipe>.<contract>.pte`` and its ``.json`` sidecar.
+        contract: input contract, ``app`` (uint8 NHWC) or ``float-nchw``.
+
+    Returns:
+        The artifact path.
+
+    Raises:
+        UnsupportedError: the recipe or contract is not supported by this target.
+    """
+    from . import lowering
+
+    check_supported(NAME, recipe.name)
+    module = lowering.with_contract(model, contract)
+    example = lowering.example_input(contract, model.preprocessing)
+    start = time.perf_counter()
+    program = _export_program(module, example)
+    # A quantized recipe swaps in a PT2E-quantized program here; _lower is the same for both.
+    buffer, details = _lower(program)
+    details["export_seconds"] = round(time.perf_counter() - start, 2)
+    return lowering.write_artifact(
+        model, recipe, contract, NAME, out_dir, lambda path: _write_program(buffer, path), details
+    )
+
+
+def _export_program(module, example) -> ExportedProgram:
+    """``torch.export`` of ``module`` at batch 1 (static shapes, as XNNPACK plans memory)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.export.export(module, (example,))
+
+
+def _lower(program: ExportedProgram) -> tuple[bytes, dict]:
+    """Lower an ``ExportedProgram`` (float or PT2E-quantized) to XNNPACK: ``.pte`` bytes + facts.
+
+    The facts are the manifest's ``details``: the flow and the export-time delegation summary
+    (``executorch.devtools.backend_debug.get_delegation_info`` on the lowered edge graph).
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    delegation = _delegation_summary(edge.exported_program().graph_module)
+    executorch_program = edge.to_executorch()
+    details = {
+        "converter": {"flow": FLOW, "partitioner": "XnnpackPartitioner()", "method": METHOD},
+        "delegation": delegation,
+    }
+    return bytes(executorch_program.buffer), details
+
+
+def _delegation_summary(graph_module) -> dict:
+    """Delegated subgraphs and, per edge op, how many nodes XNNPACK took and how many it left."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    by_op = {
+        op: {"delegated": row.delegated, "not_delegated": row.non_delegated}
+        for op, row in sorted(info.delegation_by_operator.items())
+        if op != "getitem"  # tuple unpacking of multi-output ops, not compute
+    }
+    left = {op: counts["not_delegated"] for op, counts in by_op.items() if counts["not_delegated"]}
+    return {
+        "delegated_subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": sum(row["delegated"] for row in by_op.values()),
+        "not_delegated_nodes": sum(row["not_delegated"] for row in by_op.values()),
+        "not_delegated_ops": left,
+        "by_op": by_op,
+    }
+
+
+def _write_program(buffer: bytes, path: Path) -> None:
+    Path(path).write_bytes(buffer)
+
+
+# --------------------------------------------------------------------------- load (device side)
+
+
+class ExecuTorchRunner(ArtifactRunner):
+    """Runs a ``.pte`` in ExecuTorch's runtime; the program and method are loaded once.
+
+    Attributes:
+        threads: size of ExecuTorch's (process-wide) thread pool this runner runs with.
+    """
+
+    target = NAME
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        super().__init__(path)
+        runtime, self._torch = _import_runtime()
+        self.threads = _size_thread_pool(threads)
+        if threads is not None and self.threads != threads:
+            self.note = (
+                f"ExecuTorch's thread pool is process-wide and another open .pte runner holds it "
+                f"at {self.threads} threads; running with {self.threads}, not {threads}"
+            )
+        try:
+            self.program = runtime.load_program(self.path)
+            self.method = self.program.load_method(METHOD)
+        except RuntimeError as error:
+            raise EdgeConvnextError(
+                f"{self.path}: ExecuTorch cannot load method {METHOD!r} ({error}); expected a "
+                "program written by `edge-convnext export --target executorch`"
+            ) from None
+        _OPEN_RUNNERS.add(self)
+        self._input_shape = tuple(self.manifest.input["shape"])
+        self._input_dtype = np.dtype(self.manifest.input["dtype"])
+
+    def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape != self._input_shape or batch.dtype != self._input_dtype:
+            raise EdgeConvnextError(
+                f"{self.path.name}: expected input {self._input_dtype} {list(self._input_shape)} "
+                f"(contract {self.contract!r}), got {batch.dtype} {list(batch.shape)}"
+            )
+        pixels = self._torch.from_numpy(np.ascontiguousarray(batch))
+        (logits,) = self.method.execute([pixels])  # outputs are cloned: safe to keep
+        return logits.numpy()
+
+
+def load(path: Path, threads: int | None = None) -> ExecuTorchRunner:
+    """A runner for the ``.pte`` at ``path``.
+
+    Args:
+        path: the artifact; its sidecar manifest must sit beside it.
+        threads: XNNPACK thread-pool size (default: the runtime's, one per processor). The pool
+            is process-wide: it is resized only while no other ``.pte`` runner is open.
+
+    Raises:
+        EdgeConvnextError: ExecuTorch is not installed, or the file or sidecar is not usable.
+    """
+    return ExecuTorchRunner(path, threads)
+
+
+def _import_runtime():
+    """``(Runtime singleton, torch)``; the pybindings need torch (they import it themselves)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental API" notices from the pybindings
+            import torch
+            from executorch.runtime import Runtime
+    except ImportError as error:
+        raise EdgeConvnextError(
+            f"the ExecuTorch runtime is not installed ({error}); running .pte files needs "
+            f"executorch and torch: {INSTALL_HINT}"
+        ) from None
+    return Runtime.get(), torch
+
+
+def _size_thread_pool(threads: int | None) -> int:
+    """Resize ExecuTorch's thread pool to ``threads`` (None: its default) if safe; its size."""
+    from executorch.extension.pybindings import portable_lib
+
+    current = portable_lib._threadpool_get_thread_count()
+    if not _DEFAULT_THREADS:
+        _DEFAULT_THREADS.append(current)
+    if threads is not None and threads < 1:
+        raise EdgeConvnextError(f"threads must be >= 1, got {threads}")
+    wanted = threads if threads is not None else _DEFAULT_THREADS[0]
+    if wanted != current and not len(_OPEN_RUNNERS):
+        # "unsafe": methods loaded earlier keep a pointer to the pool this destroys.
+        portable_lib._unsafe_reset_threadpool(wanted)
+        current = portable_lib._threadpool_get_thread_count()
+    return current
+
+
+# --------------------------------------------------------------------------- describe
+
+
+def describe(path: Path) -> dict:
+    """What is in a ``.pte``, read from the file alone (plus the sidecar's export summary).
+
+    Returns:
+        ``delegates`` (delegate blobs per backend), ``delegated_ops`` (XNNPACK graph nodes by type,
+        summed over blobs), ``not_delegated_ops`` (calls left to ExecuTorch's CPU kernels, by
+        operator), per-method counts, and ``export_delegation`` from the manifest if present.
+
+    Raises:
+        EdgeConvnextError: the file is missing or not an ExecuTorch program.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeConvnextError(f"{path}: no such .pte file")
+    data = path.read_bytes()
+    program = _deserialize(path, data)
+    methods = {plan.name: _describe_plan(plan) for plan in program.execution_plan}
+    kernel_ops = sum((Counter(method["kernel_ops"]) for method in methods.values()), Counter())
+    # deserialize_pte_binary moves segment-stored blobs back inline, so every index resolves.
+    blobs = [
+        (delegate.id, program.backend_delegate_data[delegate.processed.index].data)
+        for delegate in _delegates(program)
+    ]
+    summary = {
+        "target": NAME,
+        "file": path.name,
+        "size_bytes": len(data),
+        "methods": methods,
+        "delegates": dict(Counter(delegate.id for delegate in _delegates(program))),
+        "delegate_calls": sum(m["delegate_calls"] for m in methods.values()),
+        "not_delegated_ops": dict(kernel_ops.most_common()),
+        "delegated_ops": _xnnpack_node_counts(blobs),
+    }
+    with contextlib.suppress(EdgeConvnextError):  # no sidecar: the file alone is described
+        summary["export_delegation"] = manifests.read(path).details.get("delegation")
+    return summary
+
+
+def _deserialize(path: Path, data: bytes):
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    try:
+        return deserialize_pte_binary(data).program
+    except Exception as error:  # flatbuffer parsing raises assorted types on a foreign file
+        raise EdgeConvnextError(f"{path}: not an ExecuTorch .pte program ({error})") from None
+
+
+def _delegates(program):
+    return [delegate for plan in program.execution_plan for delegate in plan.delegates]
+
+
+def _describe_plan(plan) -> dict:
+    """Instruction counts of one method: delegate calls and CPU-kernel calls by operator."""
+    kernel_ops: Counter = Counter()
+    delegate_calls = 0
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            kind = type(instruction.instr_args).__name__
+            if kind == "DelegateCall":
+                delegate_calls += 1
+            elif kind == "KernelCall":
+                operator = plan.operators[instruction.instr_args.op_index]
+                overload = f".{operator.overload}" if operator.overload else ""
+                kernel_ops[operator.name + overload] += 1
+    return {
+        "delegate_calls": delegate_calls,
+        "kernel_calls": sum(kernel_ops.values()),
+        "kernel_ops": dict(kernel_ops.most_common()),
+    }
+
+
+def _xnnpack_node_counts(blobs: list[tuple[str, bytes]]) -> dict | None:
+    """XNNPACK graph nodes by type over all XNNPACK blobs, or None if they cannot be decoded.
+
+    Decodes each blob's flatbuffer with the ``flatc`` and schema ExecuTorch ships (private API,
+    hence best-effort).
+    """
+    import json
+    import tempfile
+
+    try:
+        import executorch.backends.xnnpack.serialization as xnn_serialization
+        from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
+        from executorch.exir._serialize._flatbuffer import _flatc_decompile
+    except ImportError:
+        return None
+    schema = Path(next(iter(xnn_serialization.__path__))) / "schema.fbs"
+    counts: Counter = Counter()
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            for index, (backend, blob) in enumerate(blobs):
+                if backend != "XnnpackBackend":
+                    continue
+                header = XNNHeader.from_bytes(blob[: XNNHeader.EXPECTED_LENGTH])
+                start = header.flatbuffer_offset
+                graph = Path(scratch) / f"graph{index}.bin"
+                graph.write_bytes(blob[start : start + header.flatbuffer_size])
+                _flatc_decompile(scratch, str(schema), str(graph), ["--raw-binary"])
+                nodes = json.loads(graph.with_suffix(".json").read_text())["xnodes"]
+                counts.update(node["xnode_union_type"] for node in nodes)
+    except Exception:  # noqa: BLE001 - a private format: describe the rest of the file regardless
+        return None
+    return dict(counts.most_common())
