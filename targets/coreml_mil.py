@@ -1,0 +1,981 @@
+"""A reference evaluator for Core ML ML Programs (MIL), in numpy.
+
+Core ML cannot run predictions on Linux, so this module re-reads a saved ``.mlpackage`` with
+coremltools' own milproto loader and evaluates the program's ops one by one in numpy. It is a
+*reference evaluation of the MIL program*, not Core ML runtime numerics: the runtime picks its own
+kernels, accumulation order and device (CPU, GPU, Neural Engine), so on-device outputs differ in
+the last bits, and more so in fp16.
+
+Numerics: every op computes in float32 (float64 inside ``erf``) and its result is cast to the
+op's *declared* output dtype. In a program converted with ``compute_precision=FLOAT16`` each op
+output is therefore rounded to float16, i.e. this models ideal fp16 storage with fp32
+accumulation. Compressed weights (``constexpr_*`` ops) are decompressed once, at load time.
+
+Image inputs (``ct.ImageType``) take ``uint8 (H, W, 3)`` or ``(N, H, W, 3)`` RGB pixels, like the
+pixel buffer an app hands Core ML. In an ML Program the image ``scale``/``bias`` preprocessing is
+not stored in the model description: coremltools bakes it into the program as ``mul``/``add`` ops
+on the image input, so evaluating the program applies it. The evaluator only reorders channels
+(RGB -> BGR for ``BGR`` models) and lays the pixels out as float ``(N, C, H, W)``.
+
+Classifier models (``ct.ClassifierConfig``) end in a ``classify`` op. Their outputs are returned
+per batch item: the label output as a ``(N,)`` array of labels and the probabilities output as a
+``(N,)`` object array of ``{label: float}`` dicts. The tensor that feeds ``classify`` (the
+``(N, classes)`` logits or probabilities) is returned too, under the key
+:attr:`MilEvaluator.probabilities_name`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_convnext.errors import UnsupportedError, choices
+
+NOTE = "reference evaluation of the MIL program in numpy, not Core ML runtime numerics"
+
+_OPS: dict[str, Callable[..., Any]] = {}
+_CONSTEXPR: dict[str, Callable[..., Any]] = {}
+
+
+def _register(table: dict[str, Callable[..., Any]], *names: str) -> Callable:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name in names:
+            table[name] = fn
+        return fn
+
+    return register
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.asarray(value).reshape(-1))
+
+
+def _axes(value: Any, rank: int) -> tuple[int, ...]:
+    """Normalize an ``axes`` parameter (None means every axis) to sorted non-negative ints."""
+    if value is None:
+        return tuple(range(rank))
+    return tuple(sorted(a % rank for a in _ints(value)))
+
+
+# ---------------------------------------------------------------------------------------------
+# erf, after Cephes (S. L. Moshier, public domain), in float64: numpy has no erf and scipy is not
+# a dependency of the coreml extra.
+_ERF_T = (
+    9.60497373987051638749e0,
+    9.00260197203842689217e1,
+    2.23200534594684319226e3,
+    7.00332514112805075473e3,
+    5.55923013010394962768e4,
+)
+_ERF_U = (
+    1.0,
+    3.35617141647503099647e1,
+    5.21357949780152679795e2,
+    4.59432382970980127987e3,
+    2.26290000613890934246e4,
+    4.92673942608635921086e4,
+)
+_ERFC_P = (
+    2.46196981473530512524e-10,
+    5.64189564831068821977e-1,
+    7.46321056442269912687e0,
+    4.86371970985681366614e1,
+    1.96520832956077098242e2,
+    5.26445194995477358631e2,
+    9.34528527171957607540e2,
+    1.02755188689515710272e3,
+    5.57535335369399327526e2,
+)
+_ERFC_Q = (
+    1.0,
+    1.32281951154744992508e1,
+    8.67072140885989742329e1,
+    3.54937778887819891062e2,
+    9.75708501743205489753e2,
+    1.82390916687909736289e3,
+    2.24633760818710981792e3,
+    1.65666309194161350182e3,
+    5.57535340817727675546e2,
+)
+_ERFC_R = (
+    5.64189583547755073984e-1,
+    1.27536670759978104416e0,
+    5.01905042251180477414e0,
+    6.16021097993053585195e0,
+    7.40974269950448939160e0,
+    2.97886665372100240670e0,
+)
+_ERFC_S = (
+    1.0,
+    2.26052863220117276590e0,
+    9.39603524938001434673e0,
+    1.20489539808096656605e1,
+    1.70814450747565897222e1,
+    9.60896809063285878198e0,
+    3.36907645100081516050e0,
+)
+
+
+def _rational(x: np.ndarray, num: Sequence[float], den: Sequence[float]) -> np.ndarray:
+    """``num(x) / den(x)`` by Horner's rule, in place to spare temporaries."""
+    p = np.full_like(x, num[0])
+    for c in num[1:]:
+        p *= x
+        p += c
+    q = np.full_like(x, den[0])
+    for c in den[1:]:
+        q *= x
+        q += c
+    p /= q
+    return p
+
+
+def _erf_small(x: np.ndarray) -> np.ndarray:
+    """erf for |x| <= 1."""
+    return x * _rational(x * x, _ERF_T, _ERF_U)
+
+
+def _erfc_large(x: np.ndarray) -> np.ndarray:
+    """erfc for |x| >= 1, with relative accuracy in the tail."""
+    ax = np.abs(x)
+    y = np.empty_like(ax)
+    mid = ax < 8.0
+    y[mid] = _rational(ax[mid], _ERFC_P, _ERFC_Q)
+    y[~mid] = _rational(ax[~mid], _ERFC_R, _ERFC_S)
+    y *= np.exp(-ax * ax)
+    return np.where(x < 0, 2.0 - y, y)
+
+
+def _erf_parts(x: Any, complement: bool) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    small = np.abs(x) < 1.0
+    inner = _erf_small(x[small])
+    outer = _erfc_large(x[~small])
+    out[small] = 1.0 - inner if complement else inner
+    out[~small] = outer if complement else 1.0 - outer
+    return out
+
+
+def erf(x: Any) -> np.ndarray:
+    """The error function in float64 (Cephes' rational approximations, ~1e-16 relative)."""
+    return _erf_parts(x, complement=False)
+
+
+def erfc(x: Any) -> np.ndarray:
+    """The complementary error function in float64, accurate in the tails too."""
+    return _erf_parts(x, complement=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise ops.
+def _binary(ufunc: np.ufunc) -> Callable[..., np.ndarray]:
+    def op(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return ufunc(x, y)
+
+    return op
+
+
+for _name, _ufunc in {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "real_div": np.true_divide,
+    "pow": np.power,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "floor_div": np.floor_divide,
+    "mod": np.mod,
+    "equal": np.equal,
+    "not_equal": np.not_equal,
+    "less": np.less,
+    "less_equal": np.less_equal,
+    "greater": np.greater,
+    "greater_equal": np.greater_equal,
+    "logical_and": np.logical_and,
+    "logical_or": np.logical_or,
+    "logical_xor": np.logical_xor,
+}.items():
+    _OPS[_name] = _binary(_ufunc)
+
+
+def _unary(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[..., np.ndarray]:
+    def op(x: np.ndarray) -> np.ndarray:
+        return fn(x)
+
+    return op
+
+
+for _name, _fn in {
+    "abs": np.abs,
+    "ceil": np.ceil,
+    "floor": np.floor,
+    "round": np.round,
+    "sign": np.sign,
+    "sqrt": np.sqrt,
+    "exp": np.exp,
+    "exp2": np.exp2,
+    "tanh": np.tanh,
+    "sin": np.sin,
+    "cos": np.cos,
+    "square": np.square,
+    "logical_not": np.logical_not,
+    "erf": erf,
+    "identity": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0),
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "silu": lambda x: x / (1.0 + np.exp(-x)),
+    "softplus": lambda x: np.logaddexp(x, 0),
+}.items():
+    _OPS[_name] = _unary(_fn)
+
+
+@_register(_OPS, "rsqrt")
+def _rsqrt(x: np.ndarray, epsilon: float) -> np.ndarray:
+    return 1.0 / np.sqrt(x + np.float32(epsilon))
+
+
+@_register(_OPS, "inverse")
+def _inverse(x: np.ndarray, epsilon: float) -> np.ndarray:
+    return 1.0 / (x + np.float32(epsilon))
+
+
+@_register(_OPS, "log")
+def _log(x: np.ndarray, epsilon: float) -> np.ndarray:
+    return np.log(x + np.float32(epsilon))
+
+
+@_register(_OPS, "clip")
+def _clip(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    return np.clip(x, alpha, beta)
+
+
+@_register(_OPS, "leaky_relu")
+def _leaky_relu(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x >= 0, x, x * np.float32(alpha))
+
+
+@_register(_OPS, "gelu")
+def _gelu(x: np.ndarray, mode: str = "EXACT") -> np.ndarray:
+    if mode == "EXACT":
+        x64 = np.asarray(x, dtype=np.float64)
+        # the erfc form keeps relative accuracy for large negative x
+        return 0.5 * x64 * erfc(x64 * -math.sqrt(0.5))
+    if mode == "TANH_APPROXIMATION":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if mode == "SIGMOID_APPROXIMATION":
+        return x / (1.0 + np.exp(-1.702 * x))
+    raise UnsupportedError(f"gelu mode {mode!r} is not supported")
+
+
+@_register(_OPS, "softmax")
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=int(axis), keepdims=True))
+    return e / e.sum(axis=int(axis), keepdims=True)
+
+
+@_register(_OPS, "cast")
+def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    return x  # the declared output dtype does the cast
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear algebra and normalization.
+def _matmul_2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w`` for a 2-D ``w``, as one BLAS call (numpy's stacked matmul can miss BLAS)."""
+    out = np.ascontiguousarray(x).reshape(-1, x.shape[-1]) @ w
+    return out.reshape(*x.shape[:-1], w.shape[-1])
+
+
+@_register(_OPS, "linear")
+def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    y = _matmul_2d(x, weight.T) if x.ndim > 1 else weight @ x
+    return y if bias is None else y + bias
+
+
+@_register(_OPS, "matmul")
+def _matmul(
+    x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y: bool = False
+) -> np.ndarray:
+    if transpose_x and x.ndim > 1:
+        x = np.swapaxes(x, -1, -2)
+    if transpose_y and y.ndim > 1:
+        y = np.swapaxes(y, -1, -2)
+    if y.ndim == 2 and x.ndim > 1:
+        return _matmul_2d(x, y)
+    return np.matmul(np.ascontiguousarray(x), np.ascontiguousarray(y))
+
+
+@_register(_OPS, "layer_norm")
+def _layer_norm(
+    x: np.ndarray,
+    axes: Any = None,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    epsilon: float = 1e-5,
+) -> np.ndarray:
+    axes = _axes(axes, x.ndim)
+    mean = x.mean(axis=axes, keepdims=True)
+    centered = x - mean
+    var = np.mean(centered * centered, axis=axes, keepdims=True)
+    y = centered / np.sqrt(var + np.float32(epsilon))
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
+    if gamma is not None:
+        y = y * np.reshape(gamma, shape)
+    if beta is not None:
+        y = y + np.reshape(beta, shape)
+    return y
+
+
+@_register(_OPS, "batch_norm")
+def _batch_norm(
+    x: np.ndarray,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    epsilon: float = 1e-5,
+) -> np.ndarray:
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x - mean.reshape(shape)) / np.sqrt(variance.reshape(shape) + np.float32(epsilon))
+    if gamma is not None:
+        y = y * gamma.reshape(shape)
+    if beta is not None:
+        y = y + beta.reshape(shape)
+    return y
+
+
+def _reduce(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    def op(x: np.ndarray, axes: Any = None, keep_dims: bool = False) -> np.ndarray:
+        return fn(x, axis=_axes(axes, x.ndim), keepdims=bool(keep_dims))
+
+    return op
+
+
+for _name, _fn in {
+    "reduce_mean": np.mean,
+    "reduce_sum": np.sum,
+    "reduce_max": np.max,
+    "reduce_min": np.min,
+    "reduce_prod": np.prod,
+    "reduce_l1_norm": lambda x, **kw: np.sum(np.abs(x), **kw),
+    "reduce_l2_norm": lambda x, **kw: np.sqrt(np.sum(x * x, **kw)),
+    "reduce_sum_square": lambda x, **kw: np.sum(x * x, **kw),
+    "reduce_log_sum_exp": lambda x, **kw: np.log(np.sum(np.exp(x), **kw)),
+}.items():
+    _OPS[_name] = _reduce(_fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution: one strided view per kernel tap, so no Python loop ever runs over pixels.
+def _conv_pads(
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pad_type: str,
+    pad: Sequence[int],
+) -> list[tuple[int, int]]:
+    if pad_type == "valid":
+        return [(0, 0)] * len(spatial)
+    if pad_type == "custom":
+        return [(pad[2 * i], pad[2 * i + 1]) for i in range(len(spatial))]
+    if pad_type not in ("same", "same_lower"):
+        raise UnsupportedError(f"conv pad_type {pad_type!r} is not supported")
+    pads = []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        pads.append((small, large) if pad_type == "same" else (large, small))
+    return pads
+
+
+def _taps(
+    kernel: Sequence[int], dilations: Sequence[int], strides: Sequence[int], out: Sequence[int]
+) -> Iterable[tuple[tuple[int, ...], tuple[slice, ...]]]:
+    """Each kernel tap and the strided window of the padded input it multiplies."""
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        window = tuple(
+            slice(t * d, t * d + (o - 1) * s + 1, s)
+            for t, d, o, s in zip(tap, dilations, out, strides, strict=True)
+        )
+        yield tap, window
+
+
+def _depthwise(
+    xp: np.ndarray, weight: np.ndarray, taps: Iterable, out_sizes: list[int]
+) -> np.ndarray:
+    n, c = xp.shape[:2]
+    if weight.shape[0] != c:  # channel multiplier
+        xp = np.repeat(xp, weight.shape[0] // c, axis=1)
+        c = weight.shape[0]
+    out = np.zeros((n, c, *out_sizes), dtype=np.float32)
+    scratch = np.empty_like(out)
+    wshape = (1, c) + (1,) * len(out_sizes)
+    for tap, window in taps:
+        np.multiply(
+            xp[(slice(None), slice(None), *window)],
+            weight[(..., *tap)].reshape(wshape),
+            out=scratch,
+        )
+        out += scratch
+    return out
+
+
+def _grouped(
+    xp: np.ndarray, weight: np.ndarray, groups: int, taps: Iterable, out_sizes: list[int]
+) -> np.ndarray:
+    """im2col per group, then one BLAS matmul per (image, group)."""
+    n = xp.shape[0]
+    c_out, c_in_g = weight.shape[:2]
+    xg = xp.reshape(n, groups, c_in_g, *xp.shape[2:])
+    cols = np.stack([xg[(..., *window)] for _, window in taps], axis=3)
+    cols = cols.reshape(n, groups, -1, math.prod(out_sizes))  # (n, g, c_in_g * taps, pixels)
+    wg = weight.reshape(groups, c_out // groups, -1)  # (g, c_out_g, c_in_g * taps)
+    out = np.stack([np.stack([wg[g] @ cols[i, g] for g in range(groups)]) for i in range(n)])
+    return out.reshape(n, c_out, *out_sizes)
+
+
+@_register(_OPS, "conv")
+def _conv(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    strides: Any = None,
+    pad_type: str = "valid",
+    pad: Any = None,
+    dilations: Any = None,
+    groups: int = 1,
+) -> np.ndarray:
+    spatial, kernel = x.shape[2:], weight.shape[2:]
+    rank = len(spatial)
+    strides = _ints(strides) if strides is not None else (1,) * rank
+    dilations = _ints(dilations) if dilations is not None else (1,) * rank
+    pad = _ints(pad) if pad is not None else (0,) * (2 * rank)
+    pads = _conv_pads(spatial, kernel, strides, dilations, str(pad_type), pad)
+    xp = np.pad(x, [(0, 0), (0, 0), *pads])
+    out_sizes = [
+        (size + b + e - (k - 1) * d - 1) // s + 1
+        for size, (b, e), k, s, d in zip(spatial, pads, kernel, strides, dilations, strict=True)
+    ]
+    taps = list(_taps(kernel, dilations, strides, out_sizes))
+    if int(groups) == x.shape[1] and weight.shape[1] == 1:
+        out = _depthwise(xp, weight, taps, out_sizes)
+    else:
+        out = _grouped(xp, weight, int(groups), taps, out_sizes)
+    if bias is not None:
+        out += np.reshape(bias, (1, -1) + (1,) * rank)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape ops.
+@_register(_OPS, "transpose")
+def _transpose(x: np.ndarray, perm: Any) -> np.ndarray:
+    return np.transpose(x, _ints(perm))
+
+
+@_register(_OPS, "reshape")
+def _reshape(x: np.ndarray, shape: Any) -> np.ndarray:
+    dims = [x.shape[i] if d == 0 else d for i, d in enumerate(_ints(shape))]
+    return np.reshape(x, dims)
+
+
+@_register(_OPS, "squeeze")
+def _squeeze(x: np.ndarray, axes: Any = None) -> np.ndarray:
+    return np.squeeze(x) if axes is None else np.squeeze(x, axis=_ints(axes))
+
+
+@_register(_OPS, "expand_dims")
+def _expand_dims(x: np.ndarray, axes: Any) -> np.ndarray:
+    return np.expand_dims(x, axis=_ints(axes))
+
+
+@_register(_OPS, "concat")
+def _concat(values: Sequence[np.ndarray], axis: int, interleave: bool = False) -> np.ndarray:
+    axis = int(axis) % np.ndim(values[0])
+    if not interleave:
+        return np.concatenate(values, axis=axis)
+    stacked = np.stack(values, axis=axis + 1)
+    shape = list(values[0].shape)
+    shape[axis] *= len(values)
+    return stacked.reshape(shape)
+
+
+@_register(_OPS, "slice_by_index")
+def _slice_by_index(
+    x: np.ndarray,
+    begin: Any,
+    end: Any,
+    stride: Any = None,
+    begin_mask: Any = None,
+    end_mask: Any = None,
+    squeeze_mask: Any = None,
+) -> np.ndarray:
+    rank = x.ndim
+    stride = _ints(stride) if stride is not None else (1,) * rank
+    begin_mask = np.asarray(begin_mask if begin_mask is not None else [False] * rank)
+    end_mask = np.asarray(end_mask if end_mask is not None else [False] * rank)
+    squeeze_mask = np.asarray(squeeze_mask if squeeze_mask is not None else [False] * rank)
+    index: list[Any] = []
+    for i, (b, e, s) in enumerate(zip(_ints(begin), _ints(end), stride, strict=True)):
+        if squeeze_mask[i]:
+            index.append(b)
+        else:
+            index.append(slice(None if begin_mask[i] else b, None if end_mask[i] else e, s))
+    return x[tuple(index)]
+
+
+@_register(_OPS, "slice_by_size")
+def _slice_by_size(x: np.ndarray, begin: Any, size: Any) -> np.ndarray:
+    index = tuple(
+        slice(b, None if s == -1 else b + s) for b, s in zip(_ints(begin), _ints(size), strict=True)
+    )
+    return x[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization and classification.
+def _along_axis(param: np.ndarray, rank: int, axis: Any) -> np.ndarray:
+    """Broadcast a scalar or per-axis vector quantization parameter to a rank-``rank`` tensor."""
+    param = np.asarray(param, dtype=np.float32)
+    if param.ndim == 0 or param.ndim == rank:
+        return param
+    shape = [1] * rank
+    shape[int(axis) % rank] = -1
+    return param.reshape(shape)
+
+
+@_register(_OPS, "quantize")
+def _quantize(
+    input: np.ndarray,
+    scale: np.ndarray,
+    output_dtype: str,
+    zero_point: np.ndarray | None = None,
+    axis: int | None = None,
+) -> np.ndarray:
+    info = np.iinfo(np.int8 if output_dtype == "int8" else np.uint8)
+    q = np.round(input / _along_axis(scale, input.ndim, axis))
+    if zero_point is not None:
+        q = q + _along_axis(zero_point, input.ndim, axis)
+    return np.clip(q, info.min, info.max)
+
+
+@_register(_OPS, "dequantize")
+def _dequantize(
+    input: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray | None = None,
+    axis: int | None = None,
+) -> np.ndarray:
+    x = input.astype(np.float32)
+    if zero_point is not None:
+        x = x - _along_axis(zero_point, input.ndim, axis)
+    return x * _along_axis(scale, input.ndim, axis)
+
+
+@_register(_OPS, "classify")
+def _classify(probabilities: np.ndarray, classes: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(probabilities, dtype=np.float32).reshape(-1, len(classes))
+    labels = np.array([classes[i] for i in probs.argmax(axis=1)], dtype=object)
+    dicts = np.empty(len(probs), dtype=object)
+    for i, row in enumerate(probs):
+        dicts[i] = {label: float(p) for label, p in zip(classes, row, strict=True)}
+    return labels, dicts
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed weights (constexpr ops), decompressed once at load time.
+def _unpack_bits(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
+    """iOS16 packing: LSB-first bit fields over little-endian bytes."""
+    bits = np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little")
+    bits = bits[: nbits * count].reshape(count, nbits).astype(np.int64)
+    return bits @ (1 << np.arange(nbits))
+
+
+@_register(_CONSTEXPR, "constexpr_affine_dequantize")
+def _affine_dequantize(
+    quantized_data: np.ndarray, zero_point: np.ndarray, scale: np.ndarray, axis: int
+) -> np.ndarray:
+    rank = quantized_data.ndim
+    q = quantized_data.astype(np.float32) - _along_axis(zero_point, rank, axis)
+    return q * _along_axis(scale, rank, axis)
+
+
+@_register(_CONSTEXPR, "constexpr_cast")
+def _constexpr_cast(source_val: np.ndarray, output_dtype: str) -> np.ndarray:
+    return source_val
+
+
+def _repeat_blocks(param: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Repeat a per-block parameter along each axis so it covers a tensor of ``shape``."""
+    for axis, (size, blocks) in enumerate(zip(shape, param.shape, strict=True)):
+        if size != blocks:
+            param = np.repeat(param, size // blocks, axis=axis)
+    return param
+
+
+@_register(_CONSTEXPR, "constexpr_blockwise_shift_scale")
+def _blockwise_shift_scale(
+    data: np.ndarray, scale: np.ndarray, offset: np.ndarray | None = None
+) -> np.ndarray:
+    x = data.astype(np.float32)
+    if offset is not None:
+        x = x - _repeat_blocks(offset.astype(np.float32), data.shape)
+    return x * _repeat_blocks(scale.astype(np.float32), data.shape)
+
+
+def _lut_dense(indices: np.ndarray, lut: np.ndarray, vector_axis: int | None) -> np.ndarray:
+    """iOS18 LUT: ``lut`` is (*groups, palettes, vector); groups tile ``indices`` block-wise."""
+    rank = indices.ndim
+    group_index = tuple(
+        (np.arange(size) // (size // groups)).reshape([-1 if i == a else 1 for i in range(rank)])
+        for a, (size, groups) in enumerate(zip(indices.shape, lut.shape[:-2], strict=True))
+    )
+    out = lut[(*group_index, indices.astype(np.int64))]  # (*indices.shape, vector)
+    if lut.shape[-1] == 1:
+        return out[..., 0]
+    axis = int(vector_axis) % indices.ndim
+    out = np.moveaxis(out, -1, axis + 1)
+    shape = list(indices.shape)
+    shape[axis] *= lut.shape[-1]
+    return out.reshape(shape)
+
+
+@_register(_CONSTEXPR, "constexpr_lut_to_dense")
+def _lut_to_dense(
+    indices: np.ndarray,
+    lut: np.ndarray,
+    shape: np.ndarray | None = None,
+    vector_axis: int | None = None,
+) -> np.ndarray:
+    if shape is not None:  # iOS16: packed bytes, one flat table
+        count = math.prod(_ints(shape))
+        flat = _unpack_bits(indices, int(np.log2(lut.size)), count)
+        return lut[flat].reshape(_ints(shape))
+    return _lut_dense(indices, lut, vector_axis)
+
+
+@_register(_CONSTEXPR, "constexpr_sparse_to_dense")
+def _sparse_to_dense(
+    nonzero_data: np.ndarray, mask: np.ndarray, shape: np.ndarray | None = None
+) -> np.ndarray:
+    if shape is not None:  # iOS16: packed bit mask
+        count = math.prod(_ints(shape))
+        mask = _unpack_bits(mask, 1, count).reshape(_ints(shape))
+    dense = np.zeros(mask.shape, dtype=nonzero_data.dtype)
+    dense[mask != 0] = nonzero_data
+    return dense
+
+
+@_register(_CONSTEXPR, "constexpr_lut_to_sparse")
+def _lut_to_sparse(
+    indices_mask: np.ndarray,
+    indices_nonzero_data: np.ndarray,
+    lut: np.ndarray,
+    vector_axis: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    dense = _lut_dense(_sparse_to_dense(indices_nonzero_data, indices_mask), lut, vector_axis)
+    mask = indices_mask
+    if lut.shape[-1] > 1:
+        mask = np.repeat(mask, lut.shape[-1], axis=int(vector_axis))
+    return mask, dense[mask != 0]
+
+
+@_register(_CONSTEXPR, "constexpr_sparse_blockwise_shift_scale")
+def _sparse_blockwise_shift_scale(
+    data_mask: np.ndarray,
+    nonzero_data: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    dense = _blockwise_shift_scale(_sparse_to_dense(nonzero_data, data_mask), scale, offset)
+    return data_mask, dense[data_mask != 0]
+
+
+SUPPORTED_OPS = frozenset({"const", *_OPS, *_CONSTEXPR})
+
+
+# ---------------------------------------------------------------------------------------------
+# The program, compiled to a flat list of steps.
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    op_type: str
+    fn: Callable[..., Any]
+    args: dict[str, str | tuple[str, ...]]  # MIL parameter -> var name(s)
+    defaults: dict[str, Any]
+    outputs: tuple[str, ...]
+    dtypes: tuple[np.dtype | None, ...]
+    frees: tuple[str, ...]  # vars dead after this step
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+    color_space: str | None  # "RGB", "BGR", "GRAYSCALE", ... for image inputs
+
+
+def _store(value: Any, dtype: np.dtype | None) -> Any:
+    """Round a computed value to its declared dtype; float16 values are kept as float32."""
+    if dtype is None:
+        return value
+    if dtype == np.float16:
+        return np.asarray(value, dtype=np.float32).astype(np.float16).astype(np.float32)
+    return np.asarray(value).astype(dtype, copy=False)
+
+
+def _np_dtype(var: Any) -> np.dtype | None:
+    from coremltools.converters.mil.mil import types
+
+    try:
+        dtype = np.dtype(types.nptype_from_builtin(var.dtype))
+    except (TypeError, KeyError, AttributeError):
+        return None
+    return dtype if dtype.kind in "biuf" else None
+
+
+def _const_value(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype == np.float16:
+        return value.astype(np.float32)  # exact; ops compute in float32
+    return value
+
+
+class MilEvaluator:
+    """Evaluates the main function of a Core ML ML Program in numpy.
+
+    Build it once with :meth:`from_mlpackage`, then call it many times with the model inputs as
+    keyword arguments.
+
+    Attributes:
+        input_names: The program's inputs, in order.
+        output_names: The program's outputs (the model description's outputs), in order.
+        op_types: Every op type in the program, ``const`` and ``constexpr_*`` included.
+        probabilities_name: For classifier models, the name of the tensor that feeds ``classify``
+            (also a key of every result); ``None`` otherwise.
+    """
+
+    def __init__(
+        self,
+        steps: list[_Step],
+        consts: dict[str, Any],
+        inputs: list[_Input],
+        outputs: list[tuple[str, np.dtype | None]],
+        op_types: set[str],
+        probabilities_name: str | None,
+    ):
+        self._steps = steps
+        self._consts = consts
+        self._inputs = inputs
+        self._outputs = outputs
+        self.input_names = [i.name for i in inputs]
+        self.output_names = [name for name, _ in outputs]
+        self.op_types = op_types
+        self.probabilities_name = probabilities_name
+
+    @classmethod
+    def from_mlpackage(cls, path: str | Path) -> MilEvaluator:
+        """Parse a saved ``.mlpackage`` (an ML Program) once.
+
+        Raises:
+            UnsupportedError: The model is not an ML Program, or uses an op this evaluator lacks.
+        """
+        import coremltools as ct
+        from coremltools.converters.mil.frontend.milproto.load import load
+
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+        spec = model.get_spec()
+        if spec.WhichOneof("Type") != "mlProgram":
+            raise UnsupportedError(
+                f"{path} is a {spec.WhichOneof('Type')!r} model; only ML Programs can be evaluated"
+            )
+        program = load(spec, spec.specificationVersion, model.weights_dir)
+        function_name = spec.description.defaultFunctionName or "main"
+        return cls._compile(program.functions[function_name], spec)
+
+    @classmethod
+    def _compile(cls, function: Any, spec: Any) -> MilEvaluator:
+        consts: dict[str, Any] = {}
+        steps: list[_Step] = []
+        op_types: set[str] = set()
+        probabilities_name = None
+        for op in function.operations:
+            op_types.add(op.op_type)
+            if op.op_type == "const":
+                consts[op.outputs[0].name] = _const_value(op.outputs[0].val)
+            elif op.op_type in _CONSTEXPR:
+                _fold_constexpr(op, consts)
+            else:
+                steps.append(_make_step(op))
+                if op.op_type == "classify":
+                    probabilities_name = op.inputs["probabilities"].name
+        outputs = [(var.name, _np_dtype(var)) for var in function.outputs]
+        keep = {name for name, _ in outputs} | {probabilities_name}
+        steps = _with_frees(steps, keep)
+        inputs = _describe_inputs(function, spec)
+        return cls(steps, consts, inputs, outputs, op_types, probabilities_name)
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Evaluate the program.
+
+        Args:
+            **inputs: One array per program input. Image inputs take ``uint8 (H, W, 3)`` or
+                ``(N, H, W, 3)`` RGB pixels (``(H, W)``/``(N, H, W)`` for grayscale); tensor
+                inputs take arrays of the declared shape. A batch larger than a program fixed at
+                batch 1 is evaluated item by item.
+
+        Returns:
+            The program outputs by name, in their declared dtypes (float16 outputs as float16),
+            plus the tensor feeding ``classify`` under :attr:`probabilities_name` for classifiers.
+        """
+        missing = set(self.input_names) - set(inputs)
+        unknown = set(inputs) - set(self.input_names)
+        if missing or unknown:
+            raise ValueError(
+                f"expected inputs {choices(self.input_names)}; missing {sorted(missing)}, "
+                f"unexpected {sorted(unknown)}"
+            )
+        arrays = {spec.name: _prepare_input(spec, inputs[spec.name]) for spec in self._inputs}
+        batch = {len(a) for a in arrays.values() if np.ndim(a) > 0}
+        if self._fixed_batch_one() and len(batch) == 1 and (n := batch.pop()) > 1:
+            parts = [self._run({k: a[i : i + 1] for k, a in arrays.items()}) for i in range(n)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._run(arrays)
+
+    def _fixed_batch_one(self) -> bool:
+        return all(spec.shape[:1] == (1,) for spec in self._inputs)
+
+    def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env: dict[str, Any] = {**self._consts, **arrays}
+        for step in self._steps:
+            kwargs = dict(step.defaults)
+            for param, ref in step.args.items():
+                kwargs[param] = env[ref] if isinstance(ref, str) else [env[r] for r in ref]
+            result = step.fn(**kwargs)
+            results = result if isinstance(result, tuple) else (result,)
+            for name, value, dtype in zip(step.outputs, results, step.dtypes, strict=True):
+                env[name] = _store(value, dtype)
+            for name in step.frees:
+                del env[name]
+        out = {name: _declared(env[name], dtype) for name, dtype in self._outputs}
+        if self.probabilities_name is not None:
+            out[self.probabilities_name] = env[self.probabilities_name]
+        return out
+
+
+def _declared(value: Any, dtype: np.dtype | None) -> Any:
+    return value.astype(dtype) if dtype is not None and dtype == np.float16 else value
+
+
+def _unsupported(op: Any) -> UnsupportedError:
+    return UnsupportedError(
+        f"MIL op {op.op_type!r} (op {op.name!r}) is not supported by the numpy reference "
+        f"evaluator; supported ops: {choices(sorted(SUPPORTED_OPS))}"
+    )
+
+
+def _fold_constexpr(op: Any, consts: dict[str, Any]) -> None:
+    kwargs = {param: consts.get(var.name, var.val) for param, var in op.inputs.items()}
+    result = _CONSTEXPR[op.op_type](**kwargs)
+    results = result if isinstance(result, tuple) else (result,)
+    for var, value in zip(op.outputs, results, strict=True):
+        consts[var.name] = _store(value, _np_dtype(var))
+
+
+def _make_step(op: Any) -> _Step:
+    if op.op_type not in _OPS or op.blocks:
+        raise _unsupported(op)
+    args: dict[str, str | tuple[str, ...]] = {}
+    for param, var in op.inputs.items():
+        args[param] = tuple(v.name for v in var) if isinstance(var, (list, tuple)) else var.name
+    defaults = {
+        k: _const_value(v)
+        for k, v in op.default_inputs().items()
+        if k not in args and v is not None
+    }
+    return _Step(
+        op_type=op.op_type,
+        fn=_OPS[op.op_type],
+        args=args,
+        defaults=defaults,
+        outputs=tuple(v.name for v in op.outputs),
+        dtypes=tuple(_np_dtype(v) for v in op.outputs),
+        frees=(),
+    )
+
+
+def _with_frees(steps: list[_Step], keep: Iterable[str | None]) -> list[_Step]:
+    """Mark each runtime var to be dropped right after its last reader, to bound memory."""
+    produced = {name for step in steps for name in step.outputs}
+    last_use: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        for ref in step.args.values():
+            for name in (ref,) if isinstance(ref, str) else ref:
+                if name in produced:
+                    last_use[name] = i
+    keep = set(keep)
+    frees: dict[int, list[str]] = {}
+    for name, i in last_use.items():
+        if name not in keep:
+            frees.setdefault(i, []).append(name)
+    return [
+        dataclasses.replace(step, frees=tuple(frees.get(i, ()))) for i, step in enumerate(steps)
+    ]
+
+
+def _describe_inputs(function: Any, spec: Any) -> list[_Input]:
+    import coremltools as ct
+
+    color_spaces = {}
+    for feature in spec.description.input:
+        if feature.type.WhichOneof("Type") == "imageType":
+            enum = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace
+            color_spaces[feature.name] = enum.Name(feature.type.imageType.colorSpace)
+    inputs = []
+    for name, var in function.inputs.items():
+        shape = tuple(d if isinstance(d, (int, np.integer)) else None for d in var.shape)
+        inputs.append(_Input(name, shape, _np_dtype(var), color_spaces.get(name)))
+    return inputs
+
+
+def _prepare_input(spec: _Input, value: Any) -> np.ndarray:
+    array = _image_to_tensor(spec, value) if spec.color_space else np.asarray(value)
+    fits = array.ndim == len(spec.shape) and all(
+        want in (None, got) or (i == 0 and want == 1)  # a batch is looped over a batch-1 program
+        for i, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True))
+    )
+    if not fits:
+        raise ValueError(f"input {spec.name!r} has shape {spec.shape}; got {array.shape}")
+    return _store(array, spec.dtype)
+
+
+def _image_to_tensor(spec: _Input, pixels: Any) -> np.ndarray:
+    """``uint8`` pixels -> float ``(N, C, H, W)`` in the model's channel order."""
+    pixels = np.asarray(pixels)
+    gray = spec.color_space.startswith("GRAYSCALE")
+    if gray and pixels.ndim in (2, 3) and pixels.shape[-1] != 1:
+        pixels = pixels[..., None]
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    channels = 1 if gray else 3
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != channels:
+        raise ValueError(
+            f"image input {spec.name!r} ({spec.color_space}) takes uint8 (H, W, {channels}) or "
+            f"(N, H, W, {channels}) pixels; got {pixels.dtype} {pixels.shape}"
+        )
+    expected_hw = spec.shape[2:]
+    if None not in expected_hw and tuple(pixels.shape[1:3]) != expected_hw:
+        raise ValueError(
+            f"image input {spec.name!r} is {expected_hw[0]}x{expected_hw[1]} (HxW); "
+            f"got {pixels.shape[1]}x{pixels.shape[2]}"
+        )
+    if spec.color_space == "BGR":
+        pixels = pixels[..., ::-1]
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
