@@ -151,30 +151,117 @@ def _add_export(commands) -> None:
         "  edge-convnext export facebook/convnext-tiny-224 --target coreml --recipe fp16 -o out/\n"
         "  edge-convnext export --random-init convnextv2-tiny-1k-224 --target executorch -o out/",
     )
-    parser.add_argument("model", metavar="MODEL", help="Hub id, checkpoint dir, or seed")
+    parser.add_argument("model", metavar="MODEL", nargs="?",
+                        help="Hub id, checkpoint dir, or seed (default with --from-qat: the "
+                        "model the checkpoint was trained from)")
     parser.add_argument("--target", required=True, choices=sorted(SUPPORT), help="runtime")
     parser.add_argument("--recipe", default="fp32", help="numerics recipe (default fp32)")
     parser.add_argument(
         "--contract", default=DEFAULT_CONTRACT, choices=sorted(CONTRACTS), help="input contract"
     )
     parser.add_argument("-o", "--out", default=".", metavar="DIR", help="output dir (default .)")
+    quant = parser.add_argument_group("quantization")
+    quant.add_argument("--calib", metavar="DIR", help="calibration images (static int8 recipes)")
+    quant.add_argument("--calib-size", type=int, metavar="N",
+                       help="calibration images to use, stratified by class when labelled "
+                       "(default: the recipe's)")
+    quant.add_argument("--calib-seed", type=int, default=0, help="calibration pick seed (0)")
+    quant.add_argument("--from-qat", metavar="CKPT", help="QAT checkpoint for a *-qat recipe")
+    quant.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_source(parser)
     parser.set_defaults(run=_run_export)
 
 
 def _run_export(args) -> int:
-    from .pipeline import build
+    from pathlib import Path
 
+    from .pipeline import Calibration, build
+
+    model, random, seed = args.model, args.random_init, args.seed
+    if args.from_qat and model is None:
+        from .quantize.qat import load_checkpoint
+
+        meta = load_checkpoint(Path(args.from_qat))["meta"]
+        model, random, seed = meta["model"], meta["random_init"], meta["model_seed"]
+    if model is None:
+        raise EdgeConvnextError("export needs MODEL (or --from-qat CKPT)")
+    calibration = Calibration(
+        Path(args.calib) if args.calib else None, args.calib_size, args.calib_seed
+    )
     artifact = build(
-        args.model,
-        args.target,
-        args.recipe,
-        args.out,
-        contract=args.contract,
-        random=args.random_init,
-        seed=args.seed,
+        model, args.target, args.recipe, args.out, contract=args.contract, random=random,
+        seed=seed, calibration=calibration,
+        from_qat=Path(args.from_qat) if args.from_qat else None, progress=not args.no_progress,
     )
     print(artifact)
+    return EXIT_OK
+
+
+def _add_qat(commands) -> None:
+    from .manifest import CONTRACTS, DEFAULT_CONTRACT
+    from .quantize.qat import QATConfig
+    from .targets import SUPPORT
+
+    defaults = QATConfig()
+    qat_targets = sorted(t for t, recipes in SUPPORT.items() if "w8a8-qat" in recipes)
+    parser = commands.add_parser(
+        "qat",
+        help="quantization-aware training by distillation (resumable)",
+        formatter_class=_formatter,
+        description=_section(
+            """
+            Fine-tune MODEL with fake quantization from --target's int8 quantizer, by
+            distillation from the float model on unlabeled images (KL divergence of logits), so
+            no labelled training set is needed. Checkpoints are written atomically every
+            --checkpoint-every steps; if the run is killed, the same command with --resume
+            continues from the last checkpoint and ends at the same weights. Then export it with
+            `edge-convnext export --target T --recipe w8a8-qat --from-qat CKPT`.
+            """
+        ),
+        epilog=_section(
+            """
+            examples:
+              edge-convnext qat facebook/convnext-tiny-224 --target executorch --data train/ \\
+                  --steps 300 --out convnext.qat.pt
+              edge-convnext qat facebook/convnext-tiny-224 --target executorch --data train/ \\
+                  --steps 300 --out convnext.qat.pt --resume      # after an interruption
+              edge-convnext export --target executorch --recipe w8a8-qat --from-qat convnext.qat.pt
+
+            Keep the images you audit on out of --data.
+            """
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="Hub id, checkpoint dir, or seed")
+    parser.add_argument("--target", required=True, choices=qat_targets, help="runtime")
+    parser.add_argument("--data", required=True, metavar="DIR", help="training images (unlabeled)")
+    parser.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="AdamW lr")
+    parser.add_argument("--images", type=int, default=512, metavar="N",
+                        help="images drawn from --data (decoded once; default 512)")
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--train-seed", type=int, default=0, help="data order seed (0)")
+    parser.add_argument("--contract", default=DEFAULT_CONTRACT, choices=sorted(CONTRACTS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_source(parser)
+    parser.set_defaults(run=_run_qat)
+
+
+def _run_qat(args) -> int:
+    from pathlib import Path
+
+    from .quantize.qat import QATConfig, train
+
+    config = QATConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                       checkpoint_every=args.checkpoint_every, seed=args.train_seed)
+    run = train(args.model, args.target, Path(args.data), Path(args.out), config,
+                contract=args.contract, images=args.images, random_init=args.random_init,
+                model_seed=args.seed, resume=args.resume, device=args.device,
+                progress=not args.no_progress)
+    print(f"{args.out}  (step {run.step_index}, last KL {run.losses[-1]:.4g})")
     return EXIT_OK
 
 
@@ -334,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(commands)
     _add_inspect(commands)
     _add_audit(commands)
+    _add_qat(commands)
     return parser
 
 

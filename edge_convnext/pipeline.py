@@ -1,16 +1,29 @@
 """The whole flow, top-down: checkpoint -> rewrites -> (quantize) -> target artifact.
 
-    models.load()           transformers model + preprocessing, labels, licence
-    rewrites.apply()        named module swaps that lower well (logits unchanged)
-    targets.<t>.export()    artifact + sidecar manifest, written atomically
+    models.load()            transformers model + preprocessing, labels, licence
+    rewrites.apply()         named module swaps that lower well (logits unchanged)
+    quantize.ptq() / qat     recipe (data) + the target's own PT2E quantizer
+    targets.<t>.export()     artifact + sidecar manifest, written atomically
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import manifest, models, rewrites, targets
+from .errors import EdgeConvnextError
 from .quantize import recipes
+from .quantize.recipes import Recipe
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where calibration images come from (``--calib DIR --calib-size N``)."""
+
+    folder: Path | None = None
+    size: int | None = None  # default: the recipe's calibration_size
+    seed: int = 0
 
 
 def build(
@@ -22,14 +35,72 @@ def build(
     contract: str = manifest.DEFAULT_CONTRACT,
     random: bool = False,
     seed: int = 0,
+    calibration: Calibration = Calibration(),
+    from_qat: Path | None = None,
+    progress: bool = True,
 ) -> Path:
     """Export ``model_ref`` to ``target`` with ``recipe_name``; return the artifact path.
 
-    Unsupported ``target x recipe`` is refused before anything is loaded.
+    Unsupported ``target x recipe`` (or a recipe missing its calibration images or QAT
+    checkpoint) is refused before anything is loaded.
     """
     recipe = recipes.get(recipe_name)
     targets.check_supported(target, recipe.name)
+    _check_inputs(recipe, calibration, from_qat)
     target_module = targets.get(target)
+    loaded = prepare_model(model_ref, random=random, seed=seed)
+    quantized = None
+    if recipe.needs_calibration:
+        quantized = calibrate(loaded, recipe, target_module, contract, calibration, progress)
+    elif recipe.method == "qat":
+        from .quantize import qat
+
+        quantized = qat.finalize_checkpoint(from_qat, loaded, target, recipe, contract)
+    if quantized is not None:
+        return target_module.export(loaded, recipe, Path(out_dir), contract, quantized=quantized)
+    return target_module.export(loaded, recipe, Path(out_dir), contract)
+
+
+def prepare_model(model_ref: str, *, random: bool = False, seed: int = 0) -> models.LoadedModel:
+    """Load a checkpoint and apply the default rewrites (what every target lowers)."""
     loaded = models.load(model_ref, random=random, seed=seed)
     loaded.module = rewrites.apply(loaded.module)
-    return target_module.export(loaded, recipe, Path(out_dir), contract=contract)
+    return loaded
+
+
+def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, progress=True):
+    """PTQ with the target's quantizer on calibration images; their keys go to the manifest."""
+    from .quantize import calibration as calibration_images
+    from .quantize.ptq import contract_batches, ptq
+    from .targets.lowering import example_input, with_contract
+
+    images = calibration_images.load(
+        calibration.folder,
+        calibration.size or recipe.calibration_size,
+        loaded.preprocessing,
+        seed=calibration.seed,
+    )
+    quantized = ptq(
+        with_contract(loaded, contract),
+        example_input(contract, loaded.preprocessing),
+        target_module.quantization_scheme(recipe),
+        contract_batches(images.crops, contract, loaded.preprocessing),
+        progress=progress,
+    )
+    quantized.details["calibration"] = images.manifest_entry()
+    return quantized
+
+
+def _check_inputs(recipe: Recipe, calibration: Calibration, from_qat: Path | None) -> None:
+    if recipe.needs_calibration and calibration.folder is None:
+        raise EdgeConvnextError(
+            f"recipe {recipe.name!r} is calibrated: pass --calib DIR (a folder of images, e.g. "
+            "ImageNet train or validation images not used for scoring)"
+        )
+    if recipe.method == "qat" and from_qat is None:
+        raise EdgeConvnextError(
+            f"recipe {recipe.name!r} needs a QAT checkpoint: run `edge-convnext qat` first, then "
+            "pass --from-qat CKPT"
+        )
+    if recipe.method != "qat" and from_qat is not None:
+        raise EdgeConvnextError(f"--from-qat goes with a QAT recipe, not {recipe.name!r}")

@@ -58,4 +58,5 @@ def calibration_keys(runner) -> list[str]:
     manifest = getattr(runner, "manifest", None)
     if manifest is None:
         return []
-    return list(manifest.details.get("calibration", {}).get("keys", []))
+    quantization = manifest.details.get("quantization") or {}
+    return list(quantization.get("calibration", {}).get("keys", []))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,13 +18,39 @@ import torch
 from edge_convnext.preprocess import Preprocessing, normalize
 
 
+@dataclass(frozen=True)
+class PT2EScheme:
+    """What a target hands the driver: its PT2E quantizer and how to convert for its lowering.
+
+    ``fold_quantize``: fold weight quantize ops into int8 constants (ExecuTorch/XNNPACK wants
+    this; litert-torch's converter wants the quantize ops kept).
+    """
+
+    quantizer: object
+    fold_quantize: bool = True
+
+
+@dataclass
+class QuantizedGraph:
+    """A converted PT2E graph taking the artifact's contract input, ready for the target."""
+
+    graph: torch.fx.GraphModule
+    scheme: PT2EScheme
+    details: dict = field(default_factory=dict)  # calibration / QAT facts for the manifest
+
+
+def contract_tensor(crops: np.ndarray, contract: str, preprocessing: Preprocessing) -> torch.Tensor:
+    """``uint8 (N, H, W, 3)`` RGB crops as one tensor in ``contract``'s layout and dtype."""
+    if contract == "app":
+        return torch.from_numpy(np.ascontiguousarray(crops))
+    return torch.from_numpy(normalize(crops, preprocessing))
+
+
 def contract_batches(
     crops: np.ndarray, contract: str, preprocessing: Preprocessing
 ) -> list[torch.Tensor]:
-    """Batch-1 tensors in ``contract``'s layout from ``uint8 (N, H, W, 3)`` RGB crops."""
-    if contract == "app":
-        return [torch.from_numpy(np.ascontiguousarray(c[None])) for c in crops]
-    return [torch.from_numpy(x[None]) for x in normalize(crops, preprocessing)]
+    """Batch-1 tensors in ``contract``'s layout (artifacts are calibrated as they run)."""
+    return list(contract_tensor(crops, contract, preprocessing).split(1))
 
 
 def export_for_quantization(
@@ -45,16 +72,16 @@ def export_for_quantization(
 def ptq(
     module: torch.nn.Module,
     example: torch.Tensor,
-    quantizer,
+    scheme: PT2EScheme,
     calibration: Sequence[torch.Tensor],
     progress: bool = True,
-) -> torch.fx.GraphModule:
+) -> QuantizedGraph:
     """Calibrated static quantization of ``module`` with ``quantizer``.
 
     Args:
         module: float model taking the artifact's contract input.
         example: one input (shape/dtype of the contract) for export.
-        quantizer: a torchao PT2E ``Quantizer`` configured by the target.
+        scheme: the target's PT2E quantizer and conversion options.
         calibration: input batches to observe activation ranges on.
         progress: show a progress bar.
 
@@ -65,11 +92,12 @@ def ptq(
 
     if not calibration:
         raise ValueError("static quantization needs at least one calibration image")
-    prepared = prepare_pt2e(export_for_quantization(module, example), quantizer)
+    prepared = prepare_pt2e(export_for_quantization(module, example), scheme.quantizer)
     with torch.no_grad():
         for batch in _progress(calibration, "calibrating", progress):
             prepared(batch)
-    return convert_pt2e(prepared)
+    graph = convert_pt2e(prepared, fold_quantize=scheme.fold_quantize)
+    return QuantizedGraph(graph, scheme, {"method": "ptq", "calibration_images": len(calibration)})
 
 
 def _progress(items: Iterable, description: str, enabled: bool):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from edge_convnext import atomic
 from edge_convnext.errors import EdgeConvnextError
 
-from .ptq import export_for_quantization
+from .ptq import PT2EScheme, QuantizedGraph, export_for_quantization
 
 CHECKPOINT_FORMAT = 1
 
@@ -68,20 +68,21 @@ class QATRun:
     Args:
         teacher: float model taking the contract input (never modified).
         example: one contract input, for export.
-        quantizer: the target's PT2E quantizer in QAT mode.
+        scheme: the target's PT2E quantizer (in QAT mode) and conversion options.
         config: hyper-parameters.
         device: "cpu" or "cuda".
     """
 
-    def __init__(self, teacher, example, quantizer, config: QATConfig, device: str = "cpu"):
+    def __init__(self, teacher, example, scheme: PT2EScheme, config: QATConfig, device="cpu"):
         from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
         self.config = config
+        self.scheme = scheme
         self.device = torch.device(device)
         self.teacher = copy.deepcopy(teacher).eval().to(self.device)
         torch.manual_seed(config.seed)
         graph = export_for_quantization(teacher, example, dynamic_batch=True)
-        self.student = prepare_qat_pt2e(graph, quantizer).to(self.device)
+        self.student = prepare_qat_pt2e(graph, scheme.quantizer).to(self.device)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.student.parameters() if p.requires_grad],
             lr=config.learning_rate,
@@ -119,14 +120,15 @@ class QATRun:
             if isinstance(module, FakeQuantizeBase):
                 module.enable_observer() if enabled else module.disable_observer()
 
-    def finalize(self) -> torch.fx.GraphModule:
+    def finalize(self) -> QuantizedGraph:
         """The converted (quantize/dequantize) graph, on CPU, for the target to lower."""
         from torchao.quantization.pt2e import move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         student = copy.deepcopy(self.student).to("cpu")
         move_exported_model_to_eval(student)
-        return convert_pt2e(student)
+        graph = convert_pt2e(student, fold_quantize=self.scheme.fold_quantize)
+        return QuantizedGraph(graph, self.scheme, {"method": "qat", "steps": self.step_index})
 
     def state(self) -> dict:
         return {
@@ -194,3 +196,109 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise EdgeConvnextError(f"{path}: not an edge-convnext QAT checkpoint")
     return payload
+
+
+def train(
+    model_ref: str,
+    target: str,
+    data: Path,
+    out: Path,
+    config: QATConfig,
+    *,
+    contract: str = "app",
+    images: int = 512,
+    random_init: bool = False,
+    model_seed: int = 0,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> QATRun:
+    """Run (or resume) QAT for ``target``'s ``w8a8-qat`` recipe; checkpoint to ``out``.
+
+    Killed mid-run, the same call with ``resume=True`` continues from the last checkpoint and
+    ends at the same weights as an uninterrupted run.
+    """
+    from edge_convnext import pipeline, targets
+    from edge_convnext.targets.lowering import example_input, with_contract
+
+    from . import calibration, recipes
+    from .ptq import contract_tensor
+
+    recipe = recipes.get("w8a8-qat")
+    targets.check_supported(target, recipe.name)
+    meta = {"model": str(model_ref), "random_init": random_init, "model_seed": model_seed,
+            "target": target, "recipe": recipe.name, "contract": contract,
+            "data": str(data), "images": images}
+    state = _resume_state(Path(out), resume, meta, config)
+    loaded = pipeline.prepare_model(model_ref, random=random_init, seed=model_seed)
+    scheme = targets.get(target).quantization_scheme(recipe, qat=True)
+    example = example_input(contract, loaded.preprocessing)
+    run = QATRun(with_contract(loaded, contract), example, scheme, config, device)
+    if state is not None:
+        run.load_state(state)
+    pool = calibration.load(data, images, loaded.preprocessing, seed=config.seed).crops
+    bar = _bar(config.steps, run.step_index, progress)
+    while run.step_index < config.steps:
+        crops = batch_for_step(pool, run.step_index, config.batch_size, config.seed)
+        loss = run.step(contract_tensor(crops, contract, loaded.preprocessing))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(kl=f"{loss:.4g}")
+        if run.step_index % config.checkpoint_every == 0 or run.step_index == config.steps:
+            save_checkpoint(Path(out), run, meta)
+    if bar is not None:
+        bar.close()
+    return run
+
+
+def finalize_checkpoint(path: Path, loaded, target: str, recipe, contract: str) -> QuantizedGraph:
+    """Rebuild the QAT student from a checkpoint and convert it for ``target``."""
+    from edge_convnext import targets
+    from edge_convnext.targets.lowering import example_input, with_contract
+
+    payload = load_checkpoint(path)
+    meta = payload["meta"]
+    for key, value in (("target", target), ("contract", contract)):
+        if meta[key] != value:
+            raise EdgeConvnextError(
+                f"{path}: trained for {key} {meta[key]!r}, not {value!r}; pass --{key} "
+                f"{meta[key]} or train again"
+            )
+    config = QATConfig.from_dict(payload["config"])
+    scheme = targets.get(target).quantization_scheme(recipe, qat=True)
+    example = example_input(contract, loaded.preprocessing)
+    run = QATRun(with_contract(loaded, contract), example, scheme, config)
+    run.load_state(payload)
+    quantized = run.finalize()
+    quantized.details.update({"checkpoint": str(path), "config": payload["config"],
+                              "final_kl": run.losses[-1] if run.losses else None})
+    return quantized
+
+
+def _resume_state(out: Path, resume: bool, meta: dict, config: QATConfig) -> dict | None:
+    if not out.exists():
+        return None
+    if not resume:
+        raise EdgeConvnextError(
+            f"{out} exists: pass --resume to continue that run, or choose another --out"
+        )
+    payload = load_checkpoint(out)
+    changed = [k for k in meta if payload["meta"].get(k) != meta[k]]
+    if payload["config"] != asdict(config):
+        changed.append("training options")
+    if changed:
+        raise EdgeConvnextError(
+            f"{out} was started with different {', '.join(changed)}; resume with the same "
+            "command, or choose another --out"
+        )
+    return payload
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc="QAT", unit="step")

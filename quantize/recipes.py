@@ -59,6 +59,11 @@ class Recipe:
     def is_float(self) -> bool:
         return self.method == "none"
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Static activation quantization after training: ranges come from calibration images."""
+        return self.method == "ptq" and self.activations in ("int8", "int16")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -76,6 +81,21 @@ RECIPES: dict[str, Recipe] = {
     for recipe in (
         Recipe("fp32", "none", "fp32", "fp32", "float32 weights and activations (reference)"),
         Recipe("fp16", "none", "fp16", "fp16", "float16 weights and compute (Core ML's default)"),
+        Recipe(
+            "w8a8",
+            "ptq",
+            "int8",
+            "int8",
+            "static int8: per-channel symmetric weights, per-tensor activations, calibrated",
+            calibration_size=64,
+        ),
+        Recipe(
+            "w8a8-qat",
+            "qat",
+            "int8",
+            "int8",
+            "w8a8 fine-tuned with fake quantization (edge-convnext qat), then converted",
+        ),
     )
 }
 

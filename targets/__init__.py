@@ -30,8 +30,8 @@ TARGETS = {
 SUFFIXES = {".pte": "executorch", ".tflite": "tflite", ".mlpackage": "coreml"}
 
 SUPPORT: dict[str, tuple[str, ...]] = {
-    "executorch": ("fp32",),
-    "tflite": ("fp32",),
+    "executorch": ("fp32", "w8a8", "w8a8-qat"),
+    "tflite": ("fp32", "w8a8", "w8a8-qat"),
     "coreml": ("fp32", "fp16"),
 }
 

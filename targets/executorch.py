@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from torch.export import ExportedProgram
 
     from ..models import LoadedModel
+    from ..quantize.ptq import PT2EScheme, QuantizedGraph
     from ..quantize.recipes import Recipe
 
 NAME = "executorch"
@@ -63,7 +64,11 @@ _DEFAULT_THREADS: list[int] = []  # the runtime's own pool size, recorded before
 
 
 def export(
-    model: LoadedModel, recipe: Recipe, out_dir: Path, contract: str = DEFAULT_CONTRACT
+    model: LoadedModel,
+    recipe: Recipe,
+    out_dir: Path,
+    contract: str = DEFAULT_CONTRACT,
+    quantized: QuantizedGraph | None = None,
 ) -> Path:
     """Lower ``model`` to a ``.pte`` with the XNNPACK delegate; write it and its sidecar manifest.
 
@@ -72,6 +77,8 @@ def export(
         recipe: the :class:`edge_convnext.quantize.recipes.Recipe`; only ``fp32`` for now.
         out_dir: directory for ``<model>.<recipe>.<contract>.pte`` and its ``.json`` sidecar.
         contract: input contract, ``app`` (uint8 NHWC) or ``float-nchw``.
+        quantized: for int8 recipes, the PT2E-converted graph (from ``quantize.ptq``/``qat``)
+            taking ``contract``'s input; it is lowered instead of the float model.
 
     Returns:
         The artifact path.
@@ -82,16 +89,30 @@ def export(
     from . import lowering
 
     check_supported(NAME, recipe.name)
-    module = lowering.with_contract(model, contract)
+    module = quantized.graph if quantized else lowering.with_contract(model, contract)
     example = lowering.example_input(contract, model.preprocessing)
     start = time.perf_counter()
-    program = _export_program(module, example)
-    # A quantized recipe swaps in a PT2E-quantized program here; _lower is the same for both.
-    buffer, details = _lower(program)
+    buffer, details = _lower(_export_program(module, example))
+    if quantized:
+        details["quantization"] = quantized.details
     details["export_seconds"] = round(time.perf_counter() - start, 2)
     return lowering.write_artifact(
         model, recipe, contract, NAME, out_dir, lambda path: _write_program(buffer, path), details
     )
+
+
+def quantization_scheme(recipe: Recipe, qat: bool = False) -> PT2EScheme:
+    """XNNPACK's PT2E quantizer for ``recipe``: per-channel symmetric int8 weights, per-tensor
+    int8 activations (the configuration XNNPACK's int8 kernels take)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    return Scheme(XNNPACKQuantizer().set_global(config), fold_quantize=True)
 
 
 def _export_program(module, example) -> ExportedProgram:

@@ -36,6 +36,7 @@ from edge_convnext import manifest as manifests
 from edge_convnext.errors import EdgeConvnextError, UnsupportedError
 
 if TYPE_CHECKING:  # models imports torch; this module must import without it
+    from edge_convnext.quantize.ptq import PT2EScheme, QuantizedGraph
     from edge_convnext.quantize.recipes import Recipe
 
     from edge_convnext.models import LoadedModel
@@ -58,6 +59,7 @@ def export(
     recipe: Recipe,
     out_dir: Path,
     contract: str = manifests.DEFAULT_CONTRACT,
+    quantized: QuantizedGraph | None = None,
     *,
     module=None,
     convert_options: dict | None = None,
@@ -73,6 +75,8 @@ def export(
         module: a torch module to convert instead of ``model.module`` (e.g. after PT2E
             prepare/convert); like it, it maps normalized ``float32 (N, 3, H, W)`` to logits, and
             ``lowering.with_contract`` adds the contract's input around it.
+        quantized: for int8 recipes, the PT2E-converted graph (from ``quantize.ptq``/``qat``)
+            taking ``contract``'s input; it is converted with its quantizer instead of ``module``.
         convert_options: extra keyword arguments for ``litert_torch.convert`` (``quant_config``,
             ``_litert_converter_flags``, ...); their names are recorded in the manifest.
         postprocess: applied to the converted flatbuffer before the metadata is embedded
@@ -88,9 +92,15 @@ def export(
     from edge_convnext.targets import lowering  # torch
 
     check_supported(NAME, recipe.name)
-    lowered = lowering.with_contract(model, contract, module)
     example = lowering.example_input(contract, model.preprocessing)
     options = dict(convert_options or {})
+    if quantized is not None:
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        lowered = quantized.graph
+        options["quant_config"] = QuantConfig(pt2e_quantizer=quantized.scheme.quantizer)
+    else:
+        lowered = lowering.with_contract(model, contract, module)
     flatbuffer = convert(lowered, example, where=f"{model.name} ({contract})", **options)
     if postprocess is not None:
         flatbuffer = postprocess(flatbuffer)
@@ -101,6 +111,7 @@ def export(
         "converter": "litert_torch.convert",
         "convert_options": sorted(options),
         "postprocess": getattr(postprocess, "__name__", repr(postprocess)) if postprocess else None,
+        "quantization": quantized.details if quantized else None,
         "ops": op_counts(artifact),
         "delegation": delegation(_interpreter(model_content=artifact)),
         "tflite_metadata": {
@@ -112,6 +123,20 @@ def export(
     return lowering.write_artifact(
         model, recipe, contract, NAME, out_dir, lambda path: path.write_bytes(artifact), details
     )
+
+
+def quantization_scheme(recipe: Recipe, qat: bool = False) -> PT2EScheme:
+    """litert-torch's PT2E quantizer for ``recipe``: per-channel symmetric int8 weights,
+    per-tensor int8 activations; quantize ops stay unfolded for the converter to read."""
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    return Scheme(PT2EQuantizer().set_global(config), fold_quantize=False)
 
 
 def convert(module, example, *, where: str = "model", **options) -> bytes:
