@@ -135,8 +135,13 @@ def quantization_scheme(recipe: Recipe, qat: bool = False) -> PT2EScheme:
 
     from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
 
+    class ConvNextQuantizer(PT2EQuantizer):
+        # litert-torch 0.10's conv+BatchNorm QAT annotators fail under torchao 0.18 (they pass a
+        # function to torch.export); ConvNeXt has no BatchNorm, so they have nothing to match.
+        STATIC_QAT_ONLY_OPS = ()
+
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
-    return Scheme(PT2EQuantizer().set_global(config), fold_quantize=False)
+    return Scheme(ConvNextQuantizer().set_global(config), fold_quantize=False)
 
 
 def convert(module, example, *, where: str = "model", **options) -> bytes:

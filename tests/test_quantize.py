@@ -1,0 +1,152 @@
+"""Recipes, PTQ per target, and QAT that resumes to the same result."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from conftest import real_images, textured_image
+
+from edge_convnext import cli, manifest, pipeline, targets
+from edge_convnext.errors import EdgeConvnextError, UnsupportedError
+from edge_convnext.preprocess import Preprocessing, load_crop, resize_and_crop
+from edge_convnext.quantize import recipes
+from edge_convnext.runners import calibration_keys, open_runner
+
+TOOLCHAINS = {"executorch": "executorch", "tflite": "litert_torch", "coreml": "coremltools"}
+PTQ_FLOWS = [(t, r) for t, rs in targets.SUPPORT.items() for r in rs
+             if recipes.RECIPES[r].needs_calibration]
+
+
+def _require(target):
+    if importlib.util.find_spec(TOOLCHAINS[target]) is None:
+        pytest.skip(f"{TOOLCHAINS[target]} not installed: pip install -e '.[{target}]'")
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib")
+    for seed in range(6):
+        textured_image(100 + seed).save(root / f"calib_{seed}.jpg")
+    return root
+
+
+def _crops():
+    recipe = Preprocessing()
+    crops = [load_crop(p, recipe) for p in real_images()]
+    return np.stack(crops + [resize_and_crop(textured_image(s), recipe) for s in range(4)])
+
+
+def test_recipes_are_validated_data():
+    assert recipes.get("w8a8").needs_calibration and not recipes.get("fp32").needs_calibration
+    with pytest.raises(UnsupportedError, match="'w8a8'"):
+        recipes.get("int9")
+    with pytest.raises(ValueError, match="observer"):
+        recipes.Recipe("x", "ptq", "int8", "int8", "d", observer="magic")
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        recipes.Recipe.from_dict({**recipes.get("w8a8").to_dict(), "bits": 3})
+    assert recipes.Recipe.from_dict(recipes.get("w8a8").to_dict()) == recipes.get("w8a8")
+    for supported in targets.SUPPORT.values():
+        assert set(supported) <= set(recipes.RECIPES)
+
+
+@pytest.mark.parametrize(("target", "recipe"), PTQ_FLOWS, ids=lambda x: str(x))
+def test_ptq_artifact_runs_close_to_float_and_records_calibration(
+    target, recipe, tiny_checkpoints, calib_dir, tmp_path
+):
+    _require(target)
+    checkpoint = str(tiny_checkpoints["convnext-tiny-224"])
+    artifact = pipeline.build(checkpoint, target, recipe, tmp_path, progress=False,
+                              calibration=pipeline.Calibration(calib_dir, 4))
+    float_artifact = pipeline.build(checkpoint, target, "fp32", tmp_path)
+    quantized, reference = open_runner(str(artifact)), open_runner(checkpoint)
+    crops = _crops()
+    got, expected = quantized(crops), reference(crops)
+    cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
+    assert cosine.min() > 0.95, cosine
+    assert artifact.stat().st_size < 0.45 * float_artifact.stat().st_size
+    keys = calibration_keys(quantized)
+    assert len(keys) == 4 and set(keys) <= {f"calib_{i}.jpg" for i in range(6)}
+
+
+def test_calibrated_recipe_without_images_is_refused_before_loading(capsys, tmp_path):
+    status = cli.main(["export", "no/such-model", "--target", "executorch", "--recipe", "w8a8",
+                       "-o", str(tmp_path)])
+    assert status == 2 and "--calib DIR" in capsys.readouterr().err
+
+
+def test_qat_recipe_without_checkpoint_is_refused(capsys, tmp_path):
+    status = cli.main(["export", "no/such-model", "--target", "tflite", "--recipe", "w8a8-qat",
+                       "-o", str(tmp_path)])
+    assert status == 2 and "edge-convnext qat" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_qat_interrupted_and_resumed_ends_where_an_uninterrupted_run_ends(
+    target, tiny_checkpoints, calib_dir, tmp_path, capsys, monkeypatch
+):
+    _require(target)
+    import torch
+
+    from edge_convnext.quantize import qat
+
+    checkpoint = str(tiny_checkpoints["convnextv2-tiny-1k-224"])
+    common = ["qat", checkpoint, "--target", target, "--data", str(calib_dir), "--steps", "6",
+              "--batch-size", "2", "--images", "6", "--checkpoint-every", "2", "--no-progress"]
+    assert cli.main([*common, "--out", str(tmp_path / "straight.pt")]) == 0
+
+    real_step = qat.QATRun.step
+
+    def interrupted_at_step_5(run, *args, **kwargs):
+        if run.step_index == 5:
+            raise KeyboardInterrupt  # Ctrl-C (or a kill) after the step-4 checkpoint
+        return real_step(run, *args, **kwargs)
+
+    monkeypatch.setattr(qat.QATRun, "step", interrupted_at_step_5)
+    resumed = tmp_path / "resumed.pt"
+    assert cli.main([*common, "--out", str(resumed)]) == 130
+    assert qat.load_checkpoint(resumed)["step"] == 4
+    monkeypatch.setattr(qat.QATRun, "step", real_step)
+    assert cli.main([*common, "--out", str(resumed)]) == 2  # exists: refuses without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main([*common, "--out", str(resumed), "--resume"]) == 0
+
+    straight, finished = qat.load_checkpoint(tmp_path / "straight.pt"), qat.load_checkpoint(resumed)
+    assert straight["step"] == finished["step"] == 6
+    assert straight["losses"] == finished["losses"] and all(np.isfinite(straight["losses"]))
+    for key, value in straight["student"].items():
+        assert torch.equal(value, finished["student"][key]), key
+
+    out = tmp_path / "artifacts"
+    assert cli.main(["export", "--target", target, "--recipe", "w8a8-qat", "--from-qat",
+                     str(resumed), "-o", str(out)]) == 0
+    artifact = capsys.readouterr().out.strip().splitlines()[-1]
+    data = json.loads(manifest.manifest_path(__import__("pathlib").Path(artifact)).read_text())
+    assert data["details"]["quantization"]["method"] == "qat"
+    logits = open_runner(artifact)(_crops()[:2])
+    assert logits.shape == (2, 1000) and np.isfinite(logits).all()
+
+
+def test_qat_changed_options_or_foreign_file_are_refused(tiny_checkpoints, calib_dir, tmp_path):
+    from edge_convnext.quantize import qat
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(EdgeConvnextError, match="not a readable QAT checkpoint"):
+        qat.load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(EdgeConvnextError, match="no such QAT checkpoint"):
+        qat.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise():
+    import torch
+
+    from edge_convnext.quantize.qat import batch_for_step, distillation_loss
+
+    logits = torch.randn(4, 10)
+    assert distillation_loss(logits, logits).abs() < 1e-7
+    assert distillation_loss(logits + torch.randn(4, 10), logits) > 0
+    pool = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
+    assert np.array_equal(batch_for_step(pool, 3, 4, 0), batch_for_step(pool, 3, 4, 0))
+    assert not np.array_equal(batch_for_step(pool, 3, 4, 0), batch_for_step(pool, 4, 4, 0))
