@@ -166,6 +166,9 @@ def _add_export(commands) -> None:
                        help="calibration images to use, stratified by class when labelled "
                        "(default: the recipe's)")
     quant.add_argument("--calib-seed", type=int, default=0, help="calibration pick seed (0)")
+    quant.add_argument("--keep-float", type=int, default=0, metavar="N",
+                       help="keep the N layers most sensitive to quantization in float "
+                       "(ranked by per-layer SQNR on calibration images; shown by inspect)")
     quant.add_argument("--from-qat", metavar="CKPT", help="QAT checkpoint for a *-qat recipe")
     quant.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_source(parser)
@@ -186,7 +189,7 @@ def _run_export(args) -> int:
     if model is None:
         raise EdgeConvnextError("export needs MODEL (or --from-qat CKPT)")
     calibration = Calibration(
-        Path(args.calib) if args.calib else None, args.calib_size, args.calib_seed
+        Path(args.calib) if args.calib else None, args.calib_size, args.calib_seed, args.keep_float
     )
     artifact = build(
         model, args.target, args.recipe, args.out, contract=args.contract, random=random,

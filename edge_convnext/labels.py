@@ -26,3 +26,15 @@ def imagenet_wnids() -> list[str]:
 def imagenet_labels() -> list[str]:
     """The 1000 human-readable labels (``tench, Tinca tinca``, ...) in class-index order."""
     return [label for _, label in _classes()]
+
+
+def distinct_labels(labels: list[str]) -> list[str]:
+    """``labels`` with repeated names made unique by their index: ``crane (134)``.
+
+    ImageNet-1k names two classes "crane" (the bird, 134, and the machine, 517); a Core ML
+    classifier's probability dictionary is keyed by label, so it needs every label distinct.
+    """
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return [f"{label} ({i})" if counts[label] > 1 else label for i, label in enumerate(labels)]

@@ -17,13 +17,21 @@ from .quantize import recipes
 from .quantize.recipes import Recipe
 
 
+SENSITIVITY_IMAGES = 8  # enough to rank layers; each layer costs one pass over them
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Where calibration images come from (``--calib DIR --calib-size N``)."""
+    """Calibration images (``--calib DIR --calib-size N``) and what to learn from them.
+
+    ``keep_float``: leave the N layers most sensitive to quantization in float
+    (``quantize.sensitivity``); their names and the ranking go into the manifest.
+    """
 
     folder: Path | None = None
     size: int | None = None  # default: the recipe's calibration_size
     seed: int = 0
+    keep_float: int = 0
 
 
 def build(
@@ -80,14 +88,26 @@ def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, prog
         loaded.preprocessing,
         seed=calibration.seed,
     )
+    module = with_contract(loaded, contract)
+    ranking = []
+    if calibration.keep_float:
+        from .quantize.ptq import contract_tensor
+        from .quantize.sensitivity import layer_sensitivity
+
+        probe = contract_tensor(images.crops[:SENSITIVITY_IMAGES], contract, loaded.preprocessing)
+        ranking = layer_sensitivity(module, probe, progress=progress)
+    float_layers = [layer.name for layer in ranking[: calibration.keep_float]]
     quantized = ptq(
-        with_contract(loaded, contract),
+        module,
         example_input(contract, loaded.preprocessing),
-        target_module.quantization_scheme(recipe),
+        target_module.quantization_scheme(recipe, keep_float=float_layers),
         contract_batches(images.crops, contract, loaded.preprocessing),
         progress=progress,
     )
     quantized.details["calibration"] = images.manifest_entry()
+    if ranking:
+        quantized.details["float_layers"] = float_layers
+        quantized.details["sensitivity"] = [layer.to_dict() for layer in ranking]
     return quantized
 
 

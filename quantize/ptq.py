@@ -9,7 +9,7 @@ model is never modified.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +37,18 @@ class QuantizedGraph:
     graph: torch.fx.GraphModule
     scheme: PT2EScheme
     details: dict = field(default_factory=dict)  # calibration / QAT facts for the manifest
+
+
+def outside_modules(module_names) -> Callable[[torch.fx.Node], bool]:
+    """A PT2E node filter: False for nodes traced from ``module_names`` (or their children)."""
+    names = tuple(module_names)
+
+    def keep(node: torch.fx.Node) -> bool:
+        stack = node.meta.get("nn_module_stack") or {}
+        paths = [str(path).removeprefix("L['self'].") for path, _ in stack.values()]
+        return not any(p == n or p.startswith(n + ".") for p in paths for n in names)
+
+    return keep
 
 
 def contract_tensor(crops: np.ndarray, contract: str, preprocessing: Preprocessing) -> torch.Tensor:

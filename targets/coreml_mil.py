@@ -893,13 +893,22 @@ def _make_step(op: Any) -> _Step:
     if op.op_type not in _OPS or op.blocks:
         raise _unsupported(op)
     args: dict[str, str | tuple[str, ...]] = {}
+    literals: dict[str, Any] = {}
     for param, var in op.inputs.items():
-        args[param] = tuple(v.name for v in var) if isinstance(var, (list, tuple)) else var.name
+        if isinstance(var, (list, tuple)):
+            args[param] = tuple(v.name for v in var)
+        elif _is_const(var):
+            # Bind constants by value: a reloaded program can hold two consts with one name
+            # (e.g. a classifier's label list named like a transpose's perm).
+            literals[param] = _const_value(var.val)
+        else:
+            args[param] = var.name
     defaults = {
         k: _const_value(v)
         for k, v in op.default_inputs().items()
-        if k not in args and v is not None
+        if k not in args and k not in literals and v is not None
     }
+    defaults.update(literals)
     return _Step(
         op_type=op.op_type,
         fn=_OPS[op.op_type],
@@ -909,6 +918,11 @@ def _make_step(op: Any) -> _Step:
         dtypes=tuple(_np_dtype(v) for v in op.outputs),
         frees=(),
     )
+
+
+def _is_const(var: Any) -> bool:
+    producer = getattr(var, "op", None)
+    return producer is not None and producer.op_type == "const" and var.val is not None
 
 
 def _with_frees(steps: list[_Step], keep: Iterable[str | None]) -> list[_Step]:

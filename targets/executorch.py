@@ -101,7 +101,9 @@ def export(
     )
 
 
-def quantization_scheme(recipe: Recipe, qat: bool = False) -> PT2EScheme:
+def quantization_scheme(
+    recipe: Recipe, qat: bool = False, keep_float: tuple[str, ...] | list[str] = ()
+) -> PT2EScheme:
     """XNNPACK's PT2E quantizer for ``recipe``: per-channel symmetric int8 weights, per-tensor
     int8 activations (the configuration XNNPACK's int8 kernels take)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -110,9 +112,13 @@ def quantization_scheme(recipe: Recipe, qat: bool = False) -> PT2EScheme:
     )
 
     from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
+    from edge_convnext.quantize.ptq import outside_modules
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
-    return Scheme(XNNPACKQuantizer().set_global(config), fold_quantize=True)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    if keep_float:  # layers the sensitivity ranking keeps in float
+        quantizer.set_filter_function(outside_modules(keep_float))
+    return Scheme(quantizer, fold_quantize=True)
 
 
 def _export_program(module, example) -> ExportedProgram:

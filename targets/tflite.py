@@ -125,7 +125,9 @@ def export(
     )
 
 
-def quantization_scheme(recipe: Recipe, qat: bool = False) -> PT2EScheme:
+def quantization_scheme(
+    recipe: Recipe, qat: bool = False, keep_float: tuple[str, ...] | list[str] = ()
+) -> PT2EScheme:
     """litert-torch's PT2E quantizer for ``recipe``: per-channel symmetric int8 weights,
     per-tensor int8 activations; quantize ops stay unfolded for the converter to read."""
     from litert_torch.quantize.pt2e_quantizer import (
@@ -134,14 +136,25 @@ def quantization_scheme(recipe: Recipe, qat: bool = False) -> PT2EScheme:
     )
 
     from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
+    from edge_convnext.quantize.ptq import outside_modules
 
     class ConvNextQuantizer(PT2EQuantizer):
         # litert-torch 0.10's conv+BatchNorm QAT annotators fail under torchao 0.18 (they pass a
         # function to torch.export); ConvNeXt has no BatchNorm, so they have nothing to match.
         STATIC_QAT_ONLY_OPS = ()
 
+        def _annotate_all_static_patterns(self, model, quantization_config, filter_fn=None):
+            # litert-torch has no "leave this module float"; add the sensitivity exclusions to
+            # every pattern's filter instead.
+            def combined(node):
+                return keep(node) and (filter_fn is None or filter_fn(node))
+
+            return super()._annotate_all_static_patterns(model, quantization_config, combined)
+
+    keep = outside_modules(keep_float)
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
-    return Scheme(ConvNextQuantizer().set_global(config), fold_quantize=False)
+    quantizer = ConvNextQuantizer().set_global(config)
+    return Scheme(quantizer, fold_quantize=False)
 
 
 def convert(module, example, *, where: str = "model", **options) -> bytes:

@@ -150,3 +150,32 @@ def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise()
     pool = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
     assert np.array_equal(batch_for_step(pool, 3, 4, 0), batch_for_step(pool, 3, 4, 0))
     assert not np.array_equal(batch_for_step(pool, 3, 4, 0), batch_for_step(pool, 4, 4, 0))
+
+
+def test_sensitivity_ranks_every_layer_and_keep_float_is_recorded(
+    tiny_checkpoints, calib_dir, tmp_path
+):
+    _require("executorch")
+    import torch
+
+    from edge_convnext.quantize.sensitivity import (
+        fake_quantize_weight,
+        layer_sensitivity,
+        quantizable_layers,
+        sqnr_db,
+    )
+
+    weight = torch.randn(8, 4, 3, 3)
+    assert 30 < sqnr_db(weight, fake_quantize_weight(weight)) < 60  # int8 ~ 6 dB/bit
+    loaded = pipeline.prepare_model(str(tiny_checkpoints["convnext-tiny-224"]))
+    inputs = torch.randn(2, 3, 224, 224)
+    ranking = layer_sensitivity(loaded.module, inputs, progress=False)
+    assert len(ranking) == len(quantizable_layers(loaded.module))
+    assert [r.sqnr_db for r in ranking] == sorted(r.sqnr_db for r in ranking)
+    artifact = pipeline.build(str(tiny_checkpoints["convnext-tiny-224"]), "executorch", "w8a8",
+                              tmp_path, progress=False,
+                              calibration=pipeline.Calibration(calib_dir, 4, keep_float=2))
+    details = json.loads(manifest.manifest_path(artifact).read_text())["details"]["quantization"]
+    assert len(details["float_layers"]) == 2 and len(details["sensitivity"]) == len(ranking)
+    assert details["float_layers"] == [r["name"] for r in details["sensitivity"][:2]]
+    assert np.isfinite(open_runner(str(artifact))(_crops()[:1])).all()

@@ -1,0 +1,549 @@
+"""Core ML target: ``torch.export`` -> ``coremltools.convert(...)`` -> ML Program ``.mlpackage``.
+
+Anchor: coremltools' unified ``convert()`` (``coremltools/converters/_converters_entry.py``) on an
+``ExportedProgram`` (``torch.export.export(...).run_decompositions({})``, the path coremltools
+documents for PyTorch 2; ``torch.jit.trace`` yields the same MIL program here). The artifact is an
+ML Program for ``minimum_deployment_target=iOS17`` (macOS 14): fp32 and fp16 need nothing newer;
+int4 block-wise or grouped-channel palettized weights would need iOS18 (:data:`MIN_TARGET`).
+
+What an app gets:
+
+* "app" contract: an RGB **image** input ``image`` (224x224, ``ct.ImageType`` with
+  ``scale=1/255``); the per-channel ``(x - mean) / std`` runs inside the program, since an
+  ImageType only takes one scalar scale. "float-nchw": a ``float32 (1, 3, 224, 224)`` tensor
+  ``pixels``, already normalized (for parity checks).
+* a classifier (``ct.ClassifierConfig`` with the 1000 labels): ``classLabel`` (top-1 label) and
+  ``classLabel_probs`` (label -> **softmax** probability; a softmax is appended in the graph so
+  the dictionary Xcode's preview and Vision show are real probabilities), plus a third output
+  ``logits``, ``float32 (1, 1000)``, the raw logits that the runner returns and the audit compares.
+* metadata Xcode shows (description, author, licence, version, feature descriptions) and
+  ``user_defined_metadata`` with the source, revision, recipe, contract and preprocessing JSON.
+
+Device side (:func:`load`): on macOS with Core ML, ``coremltools.models.MLModel.predict``; elsewhere
+the numpy reference evaluator of the saved MIL program (:mod:`edge_convnext.targets.coreml_mil`),
+and the runner's ``note`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_convnext import __version__
+from edge_convnext import manifest as manifests
+from edge_convnext.errors import EdgeConvnextError, UnsupportedError, choices
+from edge_convnext.labels import distinct_labels
+from edge_convnext.targets import check_supported
+from edge_convnext.targets.runner import ArtifactRunner
+
+if TYPE_CHECKING:  # models imports torch; this module must import without it
+    from edge_convnext.models import LoadedModel
+    from edge_convnext.quantize.recipes import Recipe
+
+NAME = "coreml"
+SUFFIX = ".mlpackage"
+NOTE: str | None = None  # Core ML itself; the Linux fallback runner carries coreml_mil.NOTE
+TOOLCHAIN_HINT = "pip install 'edge-convnext[coreml]' (coremltools 9.0 with torch)"
+EVALUATOR_HINT = "pip install coremltools==9.0 (the MIL reference evaluator reads the package)"
+
+# Minimum deployment target per weight type: iOS17 (Core ML 7) covers fp32/fp16 and int8 (incl.
+# activation quantization); int4 block-wise and grouped-channel palettization are iOS18 ops.
+MIN_TARGET = {"fp32": "iOS17", "fp16": "iOS17", "int8": "iOS17"}
+MIN_TARGET_DEFAULT = "iOS18"
+PRECISIONS = {"fp32": "FLOAT32", "fp16": "FLOAT16"}
+
+IMAGE_INPUT = "image"
+TENSOR_INPUT = "pixels"
+LABEL_OUTPUT = "classLabel"
+PROBS_OUTPUT = "classLabel_probs"  # coremltools names it <predicted_feature_name>_probs
+LOGITS_OUTPUT = "logits"
+_SOFTMAX = "probabilities"  # internal: the tensor classify reads, not a model output
+PREVIEW_KEY = "com.apple.coreml.model.preview.type"  # Xcode's model preview tab
+METADATA_PREFIX = "edge_convnext."
+_FP16_DATATYPE = 10  # MIL_pb2.DataType.FLOAT16
+
+__all__ = ["NAME", "SUFFIX", "NOTE", "export", "load", "describe", "CoreMLRunner"]
+
+
+# --- torch side ---------------------------------------------------------------------------------
+
+
+def export(
+    model: LoadedModel,
+    recipe: Recipe,
+    out_dir: Path,
+    contract: str = manifests.DEFAULT_CONTRACT,
+    *,
+    module=None,
+) -> Path:
+    """Convert ``model`` with coremltools and write ``<model>.<recipe>.<contract>.mlpackage``.
+
+    Args:
+        model: the classifier and what its artifact carries (labels, preprocessing, licence).
+        recipe: the numerics; must be supported by this target (``targets.SUPPORT``). Its
+            ``activations`` pick ``compute_precision`` (fp32 -> FLOAT32, fp16 -> FLOAT16).
+        out_dir: where the ``.mlpackage`` directory and its ``.mlpackage.json`` sidecar go.
+        contract: ``"app"`` (RGB image input, normalization in the graph) or ``"float-nchw"``.
+        module: a torch module to convert instead of ``model.module``; like it, it maps
+            normalized ``float32 (N, 3, H, W)`` to ``(N, classes)`` logits (this target adds the
+            contract's input and the softmax itself).
+
+    Returns:
+        The artifact path. Nothing is left in ``out_dir`` if conversion fails.
+
+    Raises:
+        UnsupportedError: unknown contract, unsupported recipe, or coremltools rejected the model.
+        EdgeConvnextError: coremltools is not installed.
+    """
+    check_supported(NAME, recipe.name)
+    if contract not in manifests.CONTRACTS:
+        raise UnsupportedError(
+            f"unknown input contract {contract!r}; valid: {choices(manifests.CONTRACTS)}"
+        )
+    if recipe.activations not in PRECISIONS:
+        raise UnsupportedError(
+            f"recipe {recipe.name!r}: Core ML compute precision for {recipe.activations!r} "
+            f"activations is not defined; expected one of {choices(PRECISIONS)}"
+        )
+    started = time.perf_counter()
+    mlmodel = convert(model, recipe, contract, module=module)
+    seconds = time.perf_counter() - started
+    details = {
+        "converter": "coremltools.convert",
+        "capture": "torch.export.export(...).run_decompositions({})",
+        "convert_to": "mlprogram (classifier added in a second, pass-free convert)",
+        "minimum_deployment_target": deployment_target(recipe),
+        "compute_precision": PRECISIONS[recipe.activations],
+        "convert_seconds": round(seconds, 1),
+        "inputs": _input_facts(contract),
+        "outputs": {
+            LABEL_OUTPUT: "top-1 label (string)",
+            PROBS_OUTPUT: "label -> softmax probability (dictionary)",
+            LOGITS_OUTPUT: "float32 (1, classes) raw logits (what the runner returns)",
+        },
+        "ops": op_counts(mlmodel.get_spec()),
+    }
+    artifact = _write(model, recipe, contract, out_dir, mlmodel, details)
+    return artifact
+
+
+def convert(model: LoadedModel, recipe: Recipe, contract: str, *, module=None):
+    """The in-memory ``ct.models.MLModel`` (not compiled, not saved) for ``model``."""
+    try:
+        import coremltools as ct
+    except ImportError:
+        raise EdgeConvnextError(f"the coreml target needs coremltools; {TOOLCHAIN_HINT}") from None
+    program = _export_program(model, contract, module)
+    side = model.preprocessing.crop_size
+    if contract == "app":
+        input_type = ct.ImageType(
+            name=IMAGE_INPUT,
+            shape=(1, 3, side, side),
+            color_layout=ct.colorlayout.RGB,
+            scale=1 / 255.0,
+            bias=[0.0, 0.0, 0.0],
+        )
+    else:
+        input_type = ct.TensorType(name=TENSOR_INPUT, shape=(1, 3, side, side), dtype=np.float32)
+    target = getattr(ct.target, deployment_target(recipe))
+    try:
+        program = ct.convert(
+            program,
+            convert_to="milinternal",
+            inputs=[input_type],
+            outputs=[
+                ct.TensorType(name=LOGITS_OUTPUT, dtype=np.float32),
+                ct.TensorType(name=_SOFTMAX, dtype=np.float32),
+            ],
+            minimum_deployment_target=target,
+            compute_precision=getattr(ct.precision, PRECISIONS[recipe.activations]),
+        )
+        # coremltools 9.0 cannot keep an extra output beside a classifier once output types are
+        # set (IndexError in get_func_output; FLOAT16 always sets them), so the classifier is
+        # added in a second pass over the finished program, with no graph passes re-run.
+        program.functions["main"].set_output_types(None)
+        mlmodel = ct.convert(
+            program,
+            convert_to="mlprogram",
+            classifier_config=ct.ClassifierConfig(
+                distinct_labels(model.labels), predicted_probabilities_output=_SOFTMAX
+            ),
+            pass_pipeline=ct.PassPipeline.EMPTY,
+            compute_precision=ct.precision.FLOAT32,  # adds no casts; the program is final
+            minimum_deployment_target=target,
+            skip_model_load=True,  # compiling needs macOS and is the runner's job
+        )
+    except Exception as error:  # the converter raises many types; keep the cause chained
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnsupportedError(
+            f"coremltools could not convert {model.name} ({contract}): {first}"
+        ) from error
+    _set_metadata(mlmodel, model, recipe, contract)
+    return mlmodel
+
+
+def deployment_target(recipe: Recipe) -> str:
+    """The ``ct.target`` name a recipe needs (``"iOS17"`` for float and int8 weights)."""
+    return MIN_TARGET.get(recipe.weights, MIN_TARGET_DEFAULT)
+
+
+def _export_program(model: LoadedModel, contract: str, module=None):
+    import torch
+
+    from edge_convnext.targets import lowering
+
+    logits_module = module if module is not None else model.module
+    normalize = model.preprocessing if contract == "app" else None
+    wrapped = _classifier(logits_module, normalize).eval()
+    if contract == "app":  # the image input reaches the graph as float RGB in [0, 1]
+        side = model.preprocessing.crop_size
+        example = torch.rand(1, 3, side, side)
+    else:
+        example = lowering.example_input(contract, model.preprocessing)
+    with torch.no_grad():
+        return torch.export.export(wrapped, (example,)).run_decompositions({})
+
+
+def _classifier_class():
+    import torch
+
+    class Classifier(torch.nn.Module):
+        """``(N, 3, H, W)`` -> ``(logits, softmax(logits))``, normalizing first for "app".
+
+        For "app" the input is RGB in [0, 1] (the ImageType's ``x / 255``) and ``(x - mean) / std``
+        is applied per channel here, exactly as ``preprocess.normalize`` does.
+        """
+
+        def __init__(self, model: torch.nn.Module, preprocessing=None):
+            super().__init__()
+            self.model = model
+            self.normalize = preprocessing is not None
+            if self.normalize:
+                mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
+                std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
+                self.register_buffer("mean", mean)
+                self.register_buffer("std", std)
+
+        def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.normalize:
+                pixels = (pixels - self.mean) / self.std
+            logits = self.model(pixels)
+            return logits, torch.softmax(logits, dim=-1)
+
+    return Classifier
+
+
+def _classifier(model, preprocessing=None):
+    """``_classifier_class()`` instance (the class is built lazily so torch stays optional)."""
+    return _classifier_class()(model, preprocessing)
+
+
+def _set_metadata(mlmodel, model: LoadedModel, recipe: Recipe, contract: str) -> None:
+    side = model.preprocessing.crop_size
+    mlmodel.short_description = (
+        f"{model.name}: ImageNet-1k classifier ({len(model.labels)} labels), {recipe.name} "
+        f"({recipe.description}), {contract!r} input. Converted by edge-convnext."
+    )
+    mlmodel.author = f"edge-convnext {__version__} conversion of {model.source}"
+    mlmodel.license = model.license
+    mlmodel.version = model.revision or f"edge-convnext {__version__}"
+    if contract == "app":
+        pre = model.preprocessing
+        mlmodel.input_description[IMAGE_INPUT] = (
+            f"RGB image, {side}x{side}: resize the shortest edge to {pre.resize_shortest} "
+            f"({pre.resample}) and centre-crop {side}. The model scales by 1/255 and normalizes "
+            f"with mean {list(pre.mean)} and std {list(pre.std)} itself."
+        )
+    else:
+        mlmodel.input_description[TENSOR_INPUT] = (
+            f"float32 (1, 3, {side}, {side}) RGB, already normalized: (x / 255 - mean) / std"
+        )
+    mlmodel.output_description[LABEL_OUTPUT] = "Most likely label"
+    mlmodel.output_description[PROBS_OUTPUT] = "Softmax probability of every label"
+    mlmodel.output_description[LOGITS_OUTPUT] = f"Raw logits, float32 (1, {len(model.labels)})"
+    meta = mlmodel.user_defined_metadata
+    # The classifier pass converts from "milinternal"; record the real source as a one-step
+    # conversion would.
+    meta["com.github.apple.coremltools.source"] = f"torch=={_torch_version()}"
+    meta["com.github.apple.coremltools.source_dialect"] = "TorchExport::ATEN"
+    facts = {
+        "model": model.name,
+        "source": model.source,
+        "revision": model.revision or "",
+        "model_type": model.model_type,
+        "recipe": recipe.name,
+        "contract": contract,
+        "preprocessing": json.dumps(model.preprocessing.to_dict()),
+        "logits_output": LOGITS_OUTPUT,
+    }
+    for key, value in facts.items():
+        meta[METADATA_PREFIX + key] = str(value)
+    if contract == "app":
+        meta[PREVIEW_KEY] = "imageClassifier"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _write(model, recipe, contract, out_dir, mlmodel, details) -> Path:
+    from edge_convnext.targets import lowering
+
+    artifact = lowering.write_artifact(
+        model,
+        recipe,
+        contract,
+        NAME,
+        out_dir,
+        lambda path: mlmodel.save(str(path)),
+        details,
+        output_name=LOGITS_OUTPUT,
+    )
+    # The shared input spec names the input "pixels" and describes the runner's uint8 NHWC
+    # array; say what Core ML actually exposes.
+    sidecar = manifests.read(artifact)
+    sidecar.input.update(_input_facts(contract))
+    manifests.write(sidecar, artifact)
+    return artifact
+
+
+def _input_facts(contract: str) -> dict:
+    if contract == "app":
+        return {
+            "name": IMAGE_INPUT,
+            "coreml_type": "image (RGB, CVPixelBuffer/CGImage); scale 1/255, bias 0",
+        }
+    return {"name": TENSOR_INPUT, "coreml_type": "MLMultiArray float32 (1, 3, H, W)"}
+
+
+# --- device side --------------------------------------------------------------------------------
+
+
+def core_ml_available() -> bool:
+    """True on macOS where coremltools can call the Core ML framework (``predict``)."""
+    if platform.system() != "Darwin":
+        return False
+    try:
+        import coremltools.libcoremlpython  # noqa: F401 - the binding MLModel.predict needs
+    except ImportError:
+        return False
+    return True
+
+
+class CoreMLRunner(ArtifactRunner):
+    """Runs a ``.mlpackage`` once loaded: Core ML on macOS, the MIL reference evaluator elsewhere.
+
+    Returns the program's ``logits`` output, ``float32 (N, classes)``.
+    """
+
+    target = NAME
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        super().__init__(path)
+        self.input_name = IMAGE_INPUT if self.contract == "app" else TENSOR_INPUT
+        # Core ML and numpy size their own thread pools; ``threads`` is accepted for the common
+        # signature only.
+        self.threads = threads
+        if core_ml_available():
+            import coremltools as ct
+
+            self.runtime = "Core ML"
+            self._model = ct.models.MLModel(str(self.path))
+            self._run = self._run_core_ml
+            input_names = [i.name for i in self._model.get_spec().description.input]
+        else:
+            from edge_convnext.targets import coreml_mil
+
+            self.runtime = "MIL reference evaluator (numpy)"
+            self.note = coreml_mil.NOTE
+            try:
+                self._evaluator = coreml_mil.MilEvaluator.from_mlpackage(self.path)
+            except ImportError:
+                raise EdgeConvnextError(
+                    f"{self.path}: running a .mlpackage off macOS needs coremltools to read the "
+                    f"program; {EVALUATOR_HINT}"
+                ) from None
+            self._run = self._run_evaluator
+            input_names = self._evaluator.input_names
+        if self.input_name not in input_names:
+            raise EdgeConvnextError(
+                f"{self.path}: expected input {self.input_name!r} for contract "
+                f"{self.contract!r}, the model has {choices(input_names)}; was it made by "
+                "`edge-convnext export --target coreml`?"
+            )
+
+    def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run(batch), dtype=np.float32).reshape(len(batch), -1)
+
+    def _run_evaluator(self, batch: np.ndarray) -> np.ndarray:
+        return self._evaluator(**{self.input_name: batch})[LOGITS_OUTPUT]
+
+    def _run_core_ml(self, batch: np.ndarray) -> np.ndarray:
+        if self.contract == "app":
+            from PIL import Image
+
+            value = Image.fromarray(np.ascontiguousarray(batch[0], dtype=np.uint8))  # RGB
+        else:
+            value = np.ascontiguousarray(batch, dtype=np.float32)
+        return self._model.predict({self.input_name: value})[LOGITS_OUTPUT]
+
+
+def load(path: Path, threads: int | None = None) -> CoreMLRunner:
+    """A runner for a ``.mlpackage`` written by :func:`export` (needs its sidecar manifest)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise EdgeConvnextError(f"{path}: no such .mlpackage (a directory)")
+    return CoreMLRunner(path, threads)
+
+
+# --- inspect ------------------------------------------------------------------------------------
+
+
+def describe(path: Path) -> dict:
+    """Spec summary for ``inspect``: I/O, classifier, metadata, op counts, precision, target."""
+    path = Path(path)
+    if not path.is_dir():
+        raise EdgeConvnextError(f"{path}: no such .mlpackage (a directory)")
+    try:
+        import coremltools as ct
+    except ImportError:
+        raise EdgeConvnextError(
+            f"inspecting a .mlpackage needs coremltools; {EVALUATOR_HINT}"
+        ) from None
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise UnsupportedError(f"{path}: a {spec.WhichOneof('Type')!r} model, not an ML Program")
+    description = spec.description
+    metadata = description.metadata
+    block = _main_block(spec)
+    return {
+        "runtime": "Core ML" if core_ml_available() else "MIL reference evaluator (numpy)",
+        "deployment_target": _target_name(ct, spec.specificationVersion),
+        "specification_version": spec.specificationVersion,
+        "opset": next(iter(spec.mlProgram.functions["main"].block_specializations)),
+        "compute_precision": _precision(block),
+        "inputs": [_feature(ct, f, block) for f in description.input],
+        "outputs": [_feature(ct, f, block) for f in description.output],
+        "classifier": {
+            "label_output": description.predictedFeatureName,
+            "probabilities_output": description.predictedProbabilitiesName,
+            "labels": _label_count(block),
+            "probabilities_from": _classify_source(block),
+        },
+        "metadata": {
+            "short_description": metadata.shortDescription,
+            "author": metadata.author,
+            "license": metadata.license,
+            "version": metadata.versionString,
+            "user_defined": dict(metadata.userDefined),
+        },
+        "ops": op_counts(spec),
+    }
+
+
+def op_counts(spec) -> dict[str, int]:
+    """Op types of the main function and how often each occurs (``const`` included)."""
+    return dict(sorted(Counter(op.type for op in _main_block(spec).operations).items()))
+
+
+def _main_block(spec):
+    function = spec.mlProgram.functions["main"]
+    return next(iter(function.block_specializations.values()))
+
+
+def _target_name(ct, version: int) -> str:
+    names = [t.name for t in ct.target if t.value == version and t.name.startswith("iOS")]
+    return names[0] if names else f"specification {version}"
+
+
+def _precision(block) -> str:
+    """``FLOAT16`` if any compute op produces fp16 tensors, else ``FLOAT32``."""
+    fp16 = 0
+    for op in block.operations:
+        if op.type in ("const", "cast", "classify"):
+            continue
+        for out in op.outputs:
+            if out.type.tensorType.dataType == _FP16_DATATYPE:
+                fp16 += 1
+    return "FLOAT16" if fp16 else "FLOAT32"
+
+
+def _feature(ct, feature, block) -> dict[str, Any]:
+    kind = feature.type.WhichOneof("Type")
+    facts: dict[str, Any] = {"name": feature.name, "type": kind}
+    if feature.shortDescription:
+        facts["description"] = feature.shortDescription
+    if kind == "imageType":
+        image = feature.type.imageType
+        enum = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace
+        facts.update(
+            width=image.width,
+            height=image.height,
+            color_layout=enum.Name(image.colorSpace),
+            **_image_preprocessing(block, feature.name),
+        )
+    elif kind == "multiArrayType":
+        array = feature.type.multiArrayType
+        enum = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
+        facts.update(shape=list(array.shape), dtype=enum.Name(array.dataType))
+    return facts
+
+
+def _image_preprocessing(block, name: str) -> dict:
+    """An ImageType's scale and bias: coremltools bakes them in as ``<name>__scaled__`` ops."""
+    producers = {out.name: op for op in block.operations for out in op.outputs}
+    found: dict[str, Any] = {"scale": 1.0, "bias": 0.0}
+    for suffix, key in (("__scaled__", "scale"), ("__biased__", "bias")):
+        op = producers.get(name + suffix)
+        if op is not None:
+            found[key] = _literal(op.inputs["y"].arguments[0], producers)
+    return found
+
+
+def _literal(binding, producers):
+    """The value bound to an op input, inline or by a ``const`` op: a float, a list, or None."""
+    if binding.WhichOneof("binding") == "value":
+        value = binding.value
+    else:
+        const = producers.get(binding.name)
+        if const is None or const.type != "const":
+            return None
+        value = const.attributes["val"]
+    tensor = value.immediateValue.tensor
+    kind = tensor.WhichOneof("value")
+    values = [float(v) for v in getattr(tensor, kind).values] if kind else []
+    return values[0] if len(values) == 1 else values or None
+
+
+def _label_count(block) -> int | None:
+    for op in block.operations:
+        if op.type == "classify":
+            classes = op.inputs["classes"].arguments[0]
+            if classes.WhichOneof("binding") == "value":
+                value = classes.value.immediateValue
+                kind = value.WhichOneof("value")
+                if kind == "list":
+                    return len(value.list.values)
+                tensor = value.tensor
+                return len(getattr(tensor, tensor.WhichOneof("value")).values)
+    return None
+
+
+def _classify_source(block) -> str | None:
+    producers = {out.name: op for op in block.operations for out in op.outputs}
+    for op in block.operations:
+        if op.type == "classify":
+            source = producers[op.inputs["probabilities"].arguments[0].name]
+            chain = [source.type]
+            if source.type == "cast":
+                chain.append(producers[source.inputs["x"].arguments[0].name].type)
+            return " <- ".join(chain)
+    return None
