@@ -202,7 +202,7 @@ def _run_export(args) -> int:
 
 def _add_qat(commands) -> None:
     from .manifest import CONTRACTS, DEFAULT_CONTRACT
-    from .quantize.qat import QATConfig
+    from .quantize.recipes import QATConfig
     from .targets import SUPPORT
 
     defaults = QATConfig()
@@ -256,7 +256,8 @@ def _add_qat(commands) -> None:
 def _run_qat(args) -> int:
     from pathlib import Path
 
-    from .quantize.qat import QATConfig, train
+    from .quantize.qat import train
+    from .quantize.recipes import QATConfig
 
     config = QATConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                        checkpoint_every=args.checkpoint_every, seed=args.train_seed)

@@ -16,7 +16,6 @@ from .errors import EdgeConvnextError
 from .quantize import recipes
 from .quantize.recipes import Recipe
 
-
 SENSITIVITY_IMAGES = 8  # enough to rank layers; each layer costs one pass over them
 
 

@@ -17,7 +17,7 @@ frozen after ``freeze_observers_at`` of the steps, and every result is measured 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,38 +28,9 @@ from edge_convnext import atomic
 from edge_convnext.errors import EdgeConvnextError
 
 from .ptq import PT2EScheme, QuantizedGraph, export_for_quantization
+from .recipes import QATConfig
 
 CHECKPOINT_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class QATConfig:
-    """Training hyper-parameters (saved in the checkpoint; a resume must match them)."""
-
-    steps: int = 200
-    batch_size: int = 8
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.0
-    temperature: float = 1.0
-    label_weight: float = 0.0  # weight of cross-entropy on labels, when labels are given
-    calibration_steps: int = 4  # first steps observe ranges before gradients flow
-    freeze_observers_at: float = 0.8  # fraction of steps after which ranges stop moving
-    checkpoint_every: int = 25
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
-        if not 0.0 <= self.freeze_observers_at <= 1.0:
-            raise ValueError("freeze_observers_at is a fraction of the steps, in [0, 1]")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> QATConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown QAT config keys {unknown}; expected {sorted(known)}")
-        return cls(**data)
 
 
 class QATRun:

@@ -12,8 +12,8 @@ from edge_convnext.atomic import atomic_path
 from edge_convnext.errors import UnsupportedError, choices
 from edge_convnext.models import LoadedModel
 from edge_convnext.preprocess import Preprocessing
-from edge_convnext.targets import artifact_name
 from edge_convnext.quantize.recipes import Recipe
+from edge_convnext.targets import artifact_name
 
 
 class AppInput(torch.nn.Module):

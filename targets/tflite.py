@@ -26,20 +26,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from edge_convnext import __version__
+from edge_convnext import manifest as manifests
+from edge_convnext.errors import EdgeConvnextError, UnsupportedError
 from edge_convnext.targets import check_supported
 from edge_convnext.targets import tflite_metadata as metadata
 from edge_convnext.targets.runner import ArtifactRunner
 from edge_convnext.targets.tflite_metadata import read_metadata
 
-from edge_convnext import __version__
-from edge_convnext import manifest as manifests
-from edge_convnext.errors import EdgeConvnextError, UnsupportedError
-
 if TYPE_CHECKING:  # models imports torch; this module must import without it
+    from edge_convnext.models import LoadedModel
     from edge_convnext.quantize.ptq import PT2EScheme, QuantizedGraph
     from edge_convnext.quantize.recipes import Recipe
-
-    from edge_convnext.models import LoadedModel
 
 NAME = "tflite"
 SUFFIX = ".tflite"

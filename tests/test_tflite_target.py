@@ -14,13 +14,13 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 torch = pytest.importorskip("torch")
 
-from edge_convnext.quantize import recipes  # noqa: E402
-from edge_convnext.targets import tflite  # noqa: E402
-from edge_convnext.targets import tflite_metadata as tfmeta  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from edge_convnext.errors import EdgeConvnextError, UnsupportedError  # noqa: E402
 from edge_convnext.preprocess import load_crop, normalize  # noqa: E402
+from edge_convnext.quantize import recipes  # noqa: E402
+from edge_convnext.targets import tflite  # noqa: E402
+from edge_convnext.targets import tflite_metadata as tfmeta  # noqa: E402
 from edge_convnext.testing import nontrivial_model  # noqa: E402
 
 SMALL = {"depths": [1, 1, 1, 1], "hidden_sizes": [16, 32, 64, 128]}
