@@ -129,7 +129,9 @@ def _add_export(commands) -> None:
     from .quantize.recipes import RECIPES
     from .targets import SUPPORT
 
-    support = "\n".join(f"  {target:<11} {', '.join(recipes)}" for target, recipes in SUPPORT.items())
+    support = "\n".join(
+        f"  {target:<11} {', '.join(recipes)}" for target, recipes in SUPPORT.items()
+    )
     recipe_lines = "\n".join(f"  {r.name:<11} {r.description}" for r in RECIPES.values())
     contract_lines = "\n".join(f"  {name:<11} {text}" for name, text in CONTRACTS.items())
     parser = commands.add_parser(
@@ -151,9 +153,13 @@ def _add_export(commands) -> None:
         "  edge-convnext export facebook/convnext-tiny-224 --target coreml --recipe fp16 -o out/\n"
         "  edge-convnext export --random-init convnextv2-tiny-1k-224 --target executorch -o out/",
     )
-    parser.add_argument("model", metavar="MODEL", nargs="?",
-                        help="Hub id, checkpoint dir, or seed (default with --from-qat: the "
-                        "model the checkpoint was trained from)")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs="?",
+        help="Hub id, checkpoint dir, or seed (default with --from-qat: the "
+        "model the checkpoint was trained from)",
+    )
     parser.add_argument("--target", required=True, choices=sorted(SUPPORT), help="runtime")
     parser.add_argument("--recipe", default="fp32", help="numerics recipe (default fp32)")
     parser.add_argument(
@@ -162,13 +168,21 @@ def _add_export(commands) -> None:
     parser.add_argument("-o", "--out", default=".", metavar="DIR", help="output dir (default .)")
     quant = parser.add_argument_group("quantization")
     quant.add_argument("--calib", metavar="DIR", help="calibration images (static int8 recipes)")
-    quant.add_argument("--calib-size", type=int, metavar="N",
-                       help="calibration images to use, stratified by class when labelled "
-                       "(default: the recipe's)")
+    quant.add_argument(
+        "--calib-size",
+        type=int,
+        metavar="N",
+        help="calibration images to use, stratified by class when labelled (default: the recipe's)",
+    )
     quant.add_argument("--calib-seed", type=int, default=0, help="calibration pick seed (0)")
-    quant.add_argument("--keep-float", type=int, default=0, metavar="N",
-                       help="keep the N layers most sensitive to quantization in float "
-                       "(ranked by per-layer SQNR on calibration images; shown by inspect)")
+    quant.add_argument(
+        "--keep-float",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the N layers most sensitive to quantization in float "
+        "(ranked by per-layer SQNR on calibration images; shown by inspect)",
+    )
     quant.add_argument("--from-qat", metavar="CKPT", help="QAT checkpoint for a *-qat recipe")
     quant.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_source(parser)
@@ -192,9 +206,16 @@ def _run_export(args) -> int:
         Path(args.calib) if args.calib else None, args.calib_size, args.calib_seed, args.keep_float
     )
     artifact = build(
-        model, args.target, args.recipe, args.out, contract=args.contract, random=random,
-        seed=seed, calibration=calibration,
-        from_qat=Path(args.from_qat) if args.from_qat else None, progress=not args.no_progress,
+        model,
+        args.target,
+        args.recipe,
+        args.out,
+        contract=args.contract,
+        random=random,
+        seed=seed,
+        calibration=calibration,
+        from_qat=Path(args.from_qat) if args.from_qat else None,
+        progress=not args.no_progress,
     )
     print(artifact)
     return EXIT_OK
@@ -242,8 +263,13 @@ def _add_qat(commands) -> None:
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="AdamW lr")
-    parser.add_argument("--images", type=int, default=512, metavar="N",
-                        help="images drawn from --data (decoded once; default 512)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=512,
+        metavar="N",
+        help="images drawn from --data (decoded once; default 512)",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--train-seed", type=int, default=0, help="data order seed (0)")
     parser.add_argument("--contract", default=DEFAULT_CONTRACT, choices=sorted(CONTRACTS))
@@ -259,12 +285,27 @@ def _run_qat(args) -> int:
     from .quantize.qat import train
     from .quantize.recipes import QATConfig
 
-    config = QATConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                       checkpoint_every=args.checkpoint_every, seed=args.train_seed)
-    run = train(args.model, args.target, Path(args.data), Path(args.out), config,
-                contract=args.contract, images=args.images, random_init=args.random_init,
-                model_seed=args.seed, resume=args.resume, device=args.device,
-                progress=not args.no_progress)
+    config = QATConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.train_seed,
+    )
+    run = train(
+        args.model,
+        args.target,
+        Path(args.data),
+        Path(args.out),
+        config,
+        contract=args.contract,
+        images=args.images,
+        random_init=args.random_init,
+        model_seed=args.seed,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     print(f"{args.out}  (step {run.step_index}, last KL {run.losses[-1]:.4g})")
     return EXIT_OK
 
@@ -358,8 +399,12 @@ def _add_audit(commands) -> None:
             """
         ),
     )
-    parser.add_argument("models", metavar="ARTIFACT_OR_MODEL", nargs="+",
-                        help="artifact files, checkpoint dirs, Hub ids (or seeds with --random-init)")
+    parser.add_argument(
+        "models",
+        metavar="ARTIFACT_OR_MODEL",
+        nargs="+",
+        help="artifact files, checkpoint dirs, Hub ids (or seeds with --random-init)",
+    )
     parser.add_argument("--data", required=True, metavar="DIR", help="ImageNet validation images")
     subset = parser.add_argument_group("subset")
     choice = subset.add_mutually_exclusive_group()
@@ -368,18 +413,30 @@ def _add_audit(commands) -> None:
     choice.add_argument("--manifest", metavar="FILE", help="re-run the images of an earlier audit")
     subset.add_argument("--seed", type=int, default=0, help="subset (and --random-init) seed (0)")
     subset.add_argument("--layout", choices=LAYOUTS, help="dataset layout (default: detect)")
-    subset.add_argument("--labels", metavar="FILE", help="ground-truth file, if not found in --data")
-    subset.add_argument("--exclude", nargs="*", default=[], metavar="KEY",
-                        help="image keys or paths never to score")
-    subset.add_argument("--include-calibration", action="store_true",
-                        help="also score images the artifacts were calibrated on")
-    parser.add_argument("--reference", metavar="R",
-                        help="one of the audited names, another model/artifact, or a "
-                        "predictions.npz[#NAME] from an earlier audit (default: the first)")
+    subset.add_argument(
+        "--labels", metavar="FILE", help="ground-truth file, if not found in --data"
+    )
+    subset.add_argument(
+        "--exclude", nargs="*", default=[], metavar="KEY", help="image keys or paths never to score"
+    )
+    subset.add_argument(
+        "--include-calibration",
+        action="store_true",
+        help="also score images the artifacts were calibrated on",
+    )
+    parser.add_argument(
+        "--reference",
+        metavar="R",
+        help="one of the audited names, another model/artifact, or a "
+        "predictions.npz[#NAME] from an earlier audit (default: the first)",
+    )
     parser.add_argument("--out", default="audit", metavar="DIR", help="output dir (./audit)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all)")
-    parser.add_argument("--random-init", action="store_true",
-                        help="build model arguments that name a seed with seeded random weights")
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="build model arguments that name a seed with seeded random weights",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_audit)
 
@@ -390,8 +447,10 @@ def _run_audit(args) -> int:
     from . import audit
     from .runners import calibration_keys, open_runner
 
-    runners = [open_runner(ref, random=args.random_init, seed=args.seed, threads=args.threads)
-               for ref in args.models]
+    runners = [
+        open_runner(ref, random=args.random_init, seed=args.seed, threads=args.threads)
+        for ref in args.models
+    ]
     for runner in runners:
         if runner.note:
             print(f"note: {runner.name}: {runner.note}", file=sys.stderr)
@@ -401,13 +460,22 @@ def _run_audit(args) -> int:
     reference = args.reference
     names = {runner.name for runner in runners}
     if reference and reference not in names and ".npz" not in reference:
-        reference = open_runner(reference, random=args.random_init, seed=args.seed,
-                                threads=args.threads)
+        reference = open_runner(
+            reference, random=args.random_init, seed=args.seed, threads=args.threads
+        )
     report = audit.main(
-        runners, args.data, layout=args.layout, labels_file=args.labels,
-        per_class=args.per_class, limit=args.limit, seed=args.seed,
-        reference=reference or runners[0].name, out=Path(args.out), manifest=args.manifest,
-        exclude=exclude, progress=not args.no_progress,
+        runners,
+        args.data,
+        layout=args.layout,
+        labels_file=args.labels,
+        per_class=args.per_class,
+        limit=args.limit,
+        seed=args.seed,
+        reference=reference or runners[0].name,
+        out=Path(args.out),
+        manifest=args.manifest,
+        exclude=exclude,
+        progress=not args.no_progress,
     )
     print(report)
     return EXIT_OK

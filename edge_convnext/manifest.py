@@ -7,6 +7,7 @@ Torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
@@ -117,10 +118,8 @@ def size_of(path: Path) -> int:
 def tool_versions() -> dict:
     versions = {"python": platform.python_version()}
     for package in TOOL_PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 

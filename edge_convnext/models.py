@@ -14,19 +14,19 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-# transformers imports torchao when present, which logs a warning per CUDA-only kernel it cannot
-# load on a CPU wheel and per enum it registers with torch's pytree: noise on every command.
-for _noisy in ("torchao", "torch.utils._pytree"):
-    logging.getLogger(_noisy).setLevel(logging.ERROR)
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from safetensors import SafetensorError  # noqa: E402
+import torch
+import transformers
+from safetensors import SafetensorError
 
 from .errors import CheckpointError, choices
 from .labels import imagenet_labels
 from .preprocess import Preprocessing
 from .seeds import SEEDS, Seed, find_seed
+
+# transformers imports torchao lazily (below, at the first model class), which logs a warning per
+# CUDA-only kernel it cannot load on a CPU wheel and per enum it registers with torch's pytree.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 MODEL_CLASSES = {
     "convnext": transformers.ConvNextForImageClassification,
@@ -36,7 +36,7 @@ UNKNOWN_LICENSE = "unknown: see the checkpoint's model card"
 
 
 class LogitsOnly(torch.nn.Module):
-    """Wraps a transformers classifier: ``forward(pixel_values (N,3,H,W)) -> logits (N, labels)``."""
+    """A transformers classifier as ``forward(pixel_values (N, 3, H, W)) -> logits``."""
 
     def __init__(self, hf_model: torch.nn.Module):
         super().__init__()
@@ -129,7 +129,7 @@ def _load_local(path: Path) -> LoadedModel:
     weights = [n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
     if not weights:
         raise CheckpointError(
-            f"{path}: no weights; expected model.safetensors or pytorch_model.bin beside config.json"
+            f"{path}: no weights; expected model.safetensors or pytorch_model.bin there"
         )
     try:
         model_type = json.loads((path / "config.json").read_text()).get("model_type", "?")

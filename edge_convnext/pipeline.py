@@ -1,9 +1,9 @@
 """The whole flow, top-down: checkpoint -> rewrites -> (quantize) -> target artifact.
 
-    models.load()            transformers model + preprocessing, labels, licence
-    rewrites.apply()         named module swaps that lower well (logits unchanged)
-    quantize.ptq() / qat     recipe (data) + the target's own PT2E quantizer
-    targets.<t>.export()     artifact + sidecar manifest, written atomically
+models.load()            transformers model + preprocessing, labels, licence
+rewrites.apply()         named module swaps that lower well (logits unchanged)
+quantize.ptq() / qat     recipe (data) + the target's own PT2E quantizer
+targets.<t>.export()     artifact + sidecar manifest, written atomically
 """
 
 from __future__ import annotations

@@ -152,10 +152,13 @@ def resize_and_crop(image: Image.Image, preprocessing: Preprocessing) -> np.ndar
         return np.asarray(image.resize((crop, crop), resample=resample))
     width, height = image.size
     short, long = sorted((width, height))
-    new_short, new_long = preprocessing.resize_shortest, int(preprocessing.resize_shortest * long / short)
+    new_short, new_long = (
+        preprocessing.resize_shortest,
+        int(preprocessing.resize_shortest * long / short),
+    )
     size = (new_short, new_long) if width <= height else (new_long, new_short)
     pixels = np.asarray(image.resize(size, resample=resample))
-    # Same rounding as transformers.image_transforms.center_crop; the resized image is never smaller.
+    # The rounding of transformers.image_transforms.center_crop (resized is never smaller).
     top = (pixels.shape[0] - crop) // 2
     left = (pixels.shape[1] - crop) // 2
     return pixels[top : top + crop, left : left + crop]

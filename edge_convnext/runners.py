@@ -41,9 +41,7 @@ class TorchRunner:
             return self.loaded.module(pixels).numpy()
 
 
-def open_runner(
-    ref: str, *, random: bool = False, seed: int = 0, threads: int | None = None
-):
+def open_runner(ref: str, *, random: bool = False, seed: int = 0, threads: int | None = None):
     """A runner for an artifact file (by suffix) or a checkpoint (Hub id / dir / random seed)."""
     target = targets.target_for_path(ref)
     if target is not None and not random:

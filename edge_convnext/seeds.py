@@ -55,7 +55,7 @@ SEEDS: dict[str, Seed] = {
             preprocessing=Preprocessing(),
             license=(
                 "apache-2.0 (Hugging Face model card); upstream facebookresearch/ConvNeXt-V2 "
-                "releases its ImageNet weights under CC-BY-NC-4.0: check before shipping commercially"
+                "releases its ImageNet weights under CC-BY-NC-4.0: check before commercial use"
             ),
             paper="arXiv:2301.00808",
             top1=0.833,

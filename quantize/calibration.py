@@ -29,8 +29,13 @@ class Calibration:
     skipped: list[dict]
 
     def manifest_entry(self) -> dict:
-        return {"source": self.source, "n": len(self.keys), "keys": self.keys,
-                "sha256": self.sha256, "skipped": self.skipped}
+        return {
+            "source": self.source,
+            "n": len(self.keys),
+            "keys": self.keys,
+            "sha256": self.sha256,
+            "skipped": self.skipped,
+        }
 
 
 def pick(folder: str | Path, size: int, seed: int = 0) -> list[Path]:

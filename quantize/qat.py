@@ -75,7 +75,9 @@ class QATRun:
         student_logits = self.student(inputs)
         loss = distillation_loss(student_logits, teacher_logits, config.temperature)
         if labels is not None and config.label_weight > 0:
-            loss = loss + config.label_weight * F.cross_entropy(student_logits, labels.to(self.device))
+            loss = loss + config.label_weight * F.cross_entropy(
+                student_logits, labels.to(self.device)
+            )
         if self.step_index >= config.calibration_steps:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -197,9 +199,16 @@ def train(
 
     recipe = recipes.get("w8a8-qat")
     targets.check_supported(target, recipe.name)
-    meta = {"model": str(model_ref), "random_init": random_init, "model_seed": model_seed,
-            "target": target, "recipe": recipe.name, "contract": contract,
-            "data": str(data), "images": images}
+    meta = {
+        "model": str(model_ref),
+        "random_init": random_init,
+        "model_seed": model_seed,
+        "target": target,
+        "recipe": recipe.name,
+        "contract": contract,
+        "data": str(data),
+        "images": images,
+    }
     state = _resume_state(Path(out), resume, meta, config)
     loaded = pipeline.prepare_model(model_ref, random=random_init, seed=model_seed)
     scheme = targets.get(target).quantization_scheme(recipe, qat=True)
@@ -241,8 +250,13 @@ def finalize_checkpoint(path: Path, loaded, target: str, recipe, contract: str) 
     run = QATRun(with_contract(loaded, contract), example, scheme, config)
     run.load_state(payload)
     quantized = run.finalize()
-    quantized.details.update({"checkpoint": str(path), "config": payload["config"],
-                              "final_kl": run.losses[-1] if run.losses else None})
+    quantized.details.update(
+        {
+            "checkpoint": str(path),
+            "config": payload["config"],
+            "final_kl": run.losses[-1] if run.losses else None,
+        }
+    )
     return quantized
 
 

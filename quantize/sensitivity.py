@@ -80,7 +80,9 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor, progress: bool = T
             lambda _m, args, lo=low, hi=high: (fake_quantize_activation(args[0], lo, hi),)
         )
         try:
-            results.append(LayerSensitivity(name, type(layer).__name__, sqnr_db(reference, model(inputs))))
+            results.append(
+                LayerSensitivity(name, type(layer).__name__, sqnr_db(reference, model(inputs)))
+            )
         finally:
             hook.remove()
             layer.weight.data = original
@@ -90,6 +92,7 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor, progress: bool = T
 def _input_ranges(model, layers, inputs) -> dict[str, tuple[float, float]]:
     ranges, hooks = {}, []
     for name, layer in layers:
+
         def record(_module, args, name=name):
             ranges[name] = (float(args[0].min()), float(args[0].max()))
 

@@ -3,8 +3,17 @@
 Anchor: coremltools' unified ``convert()`` (``coremltools/converters/_converters_entry.py``) on an
 ``ExportedProgram`` (``torch.export.export(...).run_decompositions({})``, the path coremltools
 documents for PyTorch 2; ``torch.jit.trace`` yields the same MIL program here). The artifact is an
-ML Program for ``minimum_deployment_target=iOS17`` (macOS 14): fp32 and fp16 need nothing newer;
-int4 block-wise or grouped-channel palettized weights would need iOS18 (:data:`MIN_TARGET`).
+ML Program for ``minimum_deployment_target=iOS17`` (macOS 14): fp32, fp16 and int8 weights need
+nothing newer; int4 block-wise and grouped-channel palettized weights need iOS18 (:data:`MIN_TARGET`).
+
+Weight compression (``w8``, ``w4``, ``palette4``, ``palette6``) is coremltools' own
+``coremltools.optimize.coreml`` graph pass (``compression::linear_quantize_weights`` or
+``compression::palettize_weights`` with an ``OptimizationConfig``, :data:`WEIGHT_COMPRESSION`),
+inserted into the first convert's ``pass_pipeline`` after the default passes (so after the fp16
+cast, as ``ct.optimize.coreml.linear_quantize_weights`` would see a converted model) and before
+the cleanup passes. The post-conversion functions cannot be used here: they fail on classifier
+models (apple/coremltools#1906), and the classifier is added in the second step. Weights become
+``constexpr_*`` ops (decompressed at load); compute stays fp16.
 
 What an app gets:
 
@@ -31,7 +40,7 @@ import platform
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -57,6 +66,43 @@ EVALUATOR_HINT = "pip install coremltools==9.0 (the MIL reference evaluator read
 MIN_TARGET = {"fp32": "iOS17", "fp16": "iOS17", "int8": "iOS17"}
 MIN_TARGET_DEFAULT = "iOS18"
 PRECISIONS = {"fp32": "FLOAT32", "fp16": "FLOAT16"}
+
+
+class Compression(NamedTuple):
+    """A ``coremltools.optimize.coreml`` weight compression: graph pass, op config and its options."""
+
+    graph_pass: str  # in the "compression" pass namespace
+    config: str  # an Op*Config class of coremltools.optimize.coreml
+    options: dict[str, Any]
+
+
+# Weight type -> how coremltools compresses it. Weights under the op config's weight_threshold
+# (2048 elements: biases, norms) stay fp16. int4 blocks run along the input channels, so convs
+# with one input channel per group (depthwise) or three (the stem) are skipped and stay fp16.
+# Palettization groups 8 output channels per table: 16 would leave the classifier (1000 rows)
+# uncompressed.
+WEIGHT_COMPRESSION: dict[str, Compression] = {
+    "int8": Compression(
+        "linear_quantize_weights",
+        "OpLinearQuantizerConfig",
+        {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel"},
+    ),
+    "int4": Compression(
+        "linear_quantize_weights",
+        "OpLinearQuantizerConfig",
+        {"mode": "linear_symmetric", "dtype": "int4", "granularity": "per_block", "block_size": 32},
+    ),
+    "palette4": Compression(
+        "palettize_weights",
+        "OpPalettizerConfig",
+        {"nbits": 4, "mode": "kmeans", "granularity": "per_grouped_channel", "group_size": 8},
+    ),
+    "palette6": Compression(
+        "palettize_weights",
+        "OpPalettizerConfig",
+        {"nbits": 6, "mode": "kmeans", "granularity": "per_grouped_channel", "group_size": 8},
+    ),
+}
 
 IMAGE_INPUT = "image"
 TENSOR_INPUT = "pixels"
@@ -120,6 +166,7 @@ def export(
         "convert_to": "mlprogram (classifier added in a second, pass-free convert)",
         "minimum_deployment_target": deployment_target(recipe),
         "compute_precision": PRECISIONS[recipe.activations],
+        **_compression_facts(recipe),
         "convert_seconds": round(seconds, 1),
         "inputs": _input_facts(contract),
         "outputs": {
@@ -163,6 +210,7 @@ def convert(model: LoadedModel, recipe: Recipe, contract: str, *, module=None):
             ],
             minimum_deployment_target=target,
             compute_precision=getattr(ct.precision, PRECISIONS[recipe.activations]),
+            pass_pipeline=_pass_pipeline(ct, recipe),
         )
         # coremltools 9.0 cannot keep an extra output beside a classifier once output types are
         # set (IndexError in get_func_output; FLOAT16 always sets them), so the classifier is
@@ -186,6 +234,48 @@ def convert(model: LoadedModel, recipe: Recipe, contract: str, *, module=None):
         ) from error
     _set_metadata(mlmodel, model, recipe, contract)
     return mlmodel
+
+
+def _pass_pipeline(ct, recipe: Recipe):
+    """coremltools' default passes, plus the recipe's weight compression before the cleanup."""
+    pipeline = ct.PassPipeline.DEFAULT
+    compression = WEIGHT_COMPRESSION.get(recipe.weights)
+    if compression is None:
+        return pipeline
+    _check_kmeans(compression)
+    import coremltools.optimize.coreml as cto
+
+    op_config = getattr(cto, compression.config)(**compression.options)
+    name = f"compression::{compression.graph_pass}"
+    # The cleanup passes (const dedup, dead code, ...) follow the default ones; compress just
+    # before them, i.e. after the fp16 cast.
+    pipeline.insert_pass(len(pipeline.passes) - len(ct.PassPipeline.CLEANUP.passes), name)
+    pipeline.set_options(name, {"config": cto.OptimizationConfig(global_config=op_config)})
+    return pipeline
+
+
+def _check_kmeans(compression: Compression) -> None:
+    if compression.options.get("mode") != "kmeans":
+        return
+    try:
+        import sklearn  # noqa: F401 - coremltools' k-means palettization clusters with it
+    except ImportError:
+        raise EdgeConvnextError(
+            "k-means palettization needs scikit-learn (coremltools clusters with it); "
+            "pip install scikit-learn"
+        ) from None
+
+
+def _compression_facts(recipe: Recipe) -> dict:
+    compression = WEIGHT_COMPRESSION.get(recipe.weights)
+    if compression is None:
+        return {}
+    return {
+        "weight_compression": {
+            "pass": f"coremltools.optimize.coreml: compression::{compression.graph_pass}",
+            compression.config: dict(compression.options),
+        }
+    }
 
 
 def deployment_target(recipe: Recipe) -> str:

@@ -38,7 +38,9 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG whose header claims width x height (no pixel data): opening it costs nothing."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
@@ -76,7 +78,9 @@ def odd_images(tmp_path_factory) -> dict[str, Path]:
 def bad_images(tmp_path_factory) -> dict[str, Path]:
     """Files that must each give one clear error, keyed by what is wrong."""
     root = tmp_path_factory.mktemp("bad_images")
-    paths = {name: root / name for name in ("empty.JPEG", "text.JPEG", "truncated.JPEG", "huge.png")}
+    paths = {
+        name: root / name for name in ("empty.JPEG", "text.JPEG", "truncated.JPEG", "huge.png")
+    }
     paths["empty.JPEG"].write_bytes(b"")
     paths["text.JPEG"].write_text("this is not an image\n")
     textured_image(2).save(root / "whole.jpg", quality=90)
@@ -88,7 +92,9 @@ def bad_images(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def save_checkpoint(directory: Path, seed_name: str, seed: int = 0, bin_format: bool = False, **cfg):
+def save_checkpoint(
+    directory: Path, seed_name: str, seed: int = 0, bin_format: bool = False, **cfg
+):
     """save_pretrained of a seeded model with non-trivial blocks: the real on-disk format."""
     from edge_convnext.testing import nontrivial_model
 

@@ -27,8 +27,11 @@ def transformers_top5(checkpoint, image_path):
     )
 
     processor = ConvNextImageProcessorPil(
-        size={"shortest_edge": 224}, crop_pct=0.875, resample=3,
-        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+        size={"shortest_edge": 224},
+        crop_pct=0.875,
+        resample=3,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
     )
     model_type = json.loads((checkpoint / "config.json").read_text())["model_type"]
     model = MODEL_CLASSES[model_type].from_pretrained(checkpoint).eval()
@@ -47,7 +50,7 @@ def test_full_size_checkpoint_matches_transformers_top5(capsys, full_checkpoints
     status, results = run_predict(capsys, checkpoint, *photos)
     assert status == 0
     assert [r["image"] for r in results] == [str(p) for p in photos]
-    for result, photo in zip(results, photos):
+    for result, photo in zip(results, photos, strict=True):
         indices, probabilities = transformers_top5(checkpoint, photo)
         assert [t["index"] for t in result["top_k"]] == indices
         np.testing.assert_allclose([t["score"] for t in result["top_k"]], probabilities, atol=1e-4)
@@ -55,11 +58,13 @@ def test_full_size_checkpoint_matches_transformers_top5(capsys, full_checkpoints
 
 def test_directory_input_lists_paths_as_found(capsys, tiny_checkpoints, tmp_path):
     shutil.copytree(real_images()[0].parent, tmp_path / "photos")
-    status, results = run_predict(capsys, tiny_checkpoints["convnext-tiny-224"],
-                                  tmp_path / "photos", "--top-k", "3")
+    status, results = run_predict(
+        capsys, tiny_checkpoints["convnext-tiny-224"], tmp_path / "photos", "--top-k", "3"
+    )
     assert status == 0
     assert sorted(r["image"] for r in results) == sorted(
-        str(tmp_path / "photos" / p.name) for p in real_images())
+        str(tmp_path / "photos" / p.name) for p in real_images()
+    )
     assert all(len(r["top_k"]) == 3 for r in results)
     scores = [t["score"] for t in results[0]["top_k"]]
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
@@ -70,8 +75,10 @@ def test_bad_inputs_each_get_one_error_line_and_the_rest_is_classified(
 ):
     (tmp_path / "empty_dir").mkdir()
     good = [odd_images[n] for n in ("cmyk.jpg", "one_pixel.png", "png_named.JPEG", "gray16.png")]
-    bad = [bad_images[n] for n in ("empty.JPEG", "text.JPEG", "truncated.JPEG", "huge.png",
-                                    "missing.jpg")] + [tmp_path / "empty_dir"]
+    bad = [
+        bad_images[n]
+        for n in ("empty.JPEG", "text.JPEG", "truncated.JPEG", "huge.png", "missing.jpg")
+    ] + [tmp_path / "empty_dir"]
     inputs = [good[0], *bad[:3], good[1], *bad[3:], *good[2:]]
     status, results = run_predict(capsys, tiny_checkpoints["convnext-tiny-224"], *inputs)
     assert status == 1
@@ -88,8 +95,15 @@ def test_bad_inputs_each_get_one_error_line_and_the_rest_is_classified(
 
 
 def test_human_readable_output(capsys, tiny_checkpoints):
-    status = cli.main(["predict", str(tiny_checkpoints["convnextv2-tiny-1k-224"]),
-                       str(real_images()[0]), "--top-k", "2"])
+    status = cli.main(
+        [
+            "predict",
+            str(tiny_checkpoints["convnextv2-tiny-1k-224"]),
+            str(real_images()[0]),
+            "--top-k",
+            "2",
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert status == 0 and lines[0] == str(real_images()[0]) and len(lines) == 3
 
@@ -103,8 +117,9 @@ def test_usage_errors_exit_2(capsys, tmp_path):
 
 
 def test_random_init_predicts_offline(capsys):
-    status, results = run_predict(capsys, "convnext-tiny-224", real_images()[0],
-                                  "--random-init", "--seed", "1")
+    status, results = run_predict(
+        capsys, "convnext-tiny-224", real_images()[0], "--random-init", "--seed", "1"
+    )
     assert status == 0 and len(results[0]["top_k"]) == 5
 
 

@@ -35,8 +35,9 @@ def test_local_safetensors_directory_loads_the_saved_weights(tiny_checkpoints, n
     hf_class = models.MODEL_CLASSES[SEEDS[name].model_type]
     reference = hf_class.from_pretrained(tiny_checkpoints[name]).eval()
     with torch.inference_mode():
-        expected = reference(pixel_values=torch.randn(2, 3, 64, 64,
-                             generator=torch.Generator().manual_seed(0))).logits
+        expected = reference(
+            pixel_values=torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        ).logits
     torch.testing.assert_close(_logits(loaded), expected, rtol=0, atol=0)
     assert loaded.model_type == SEEDS[name].model_type
     assert loaded.labels == imagenet_labels()
@@ -51,8 +52,10 @@ def test_pytorch_model_bin_is_read_with_weights_only(tmp_path):
 
 
 def test_random_init_is_seeded_and_offline():
-    a, b = models.random_init("convnext-tiny-224", 3, **TINY), models.random_init(
-        "facebook/convnext-tiny-224", 3, **TINY)
+    a, b = (
+        models.random_init("convnext-tiny-224", 3, **TINY),
+        models.random_init("facebook/convnext-tiny-224", 3, **TINY),
+    )
     c = models.random_init("convnext-tiny-224", 4, **TINY)
     torch.testing.assert_close(_logits(a), _logits(b), rtol=0, atol=0)
     assert not torch.allclose(_logits(a), _logits(c))
@@ -102,7 +105,11 @@ def _run_cli(args, env_extra, cwd):
     env = {**os.environ, **env_extra}
     return subprocess.run(
         [sys.executable, "-m", "edge_convnext", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
     )
 
 

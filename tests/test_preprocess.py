@@ -35,7 +35,8 @@ def hf_processor():
     )
 
 
-def _ours(image, preprocessing=Preprocessing()):
+def _ours(image):
+    preprocessing = Preprocessing()
     return normalize(resize_and_crop(image, preprocessing), preprocessing)[0]
 
 
@@ -55,8 +56,13 @@ def test_matches_transformers_across_aspect_ratios(hf_processor, size):
 
 
 def test_from_hf_config_reads_crop_pct_and_warps_at_384():
-    config = {"size": 224, "crop_pct": 0.875, "resample": 3, "image_mean": [0.5] * 3,
-              "image_std": [0.5] * 3}
+    config = {
+        "size": 224,
+        "crop_pct": 0.875,
+        "resample": 3,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+    }
     recipe = Preprocessing.from_hf(config)
     assert (recipe.crop_size, recipe.resize_shortest, recipe.mean) == (224, 256, (0.5,) * 3)
     assert Preprocessing.from_hf({"size": {"shortest_edge": 384}}).resize_shortest is None
@@ -65,8 +71,19 @@ def test_from_hf_config_reads_crop_pct_and_warps_at_384():
 
 @pytest.mark.parametrize(
     "name",
-    ["rgb.jpg", "gray.jpg", "cmyk.jpg", "palette.png", "rgba.png", "la.png", "bilevel.png",
-     "one_pixel.png", "tall.png", "gray16.png", "png_named.JPEG"],
+    [
+        "rgb.jpg",
+        "gray.jpg",
+        "cmyk.jpg",
+        "palette.png",
+        "rgba.png",
+        "la.png",
+        "bilevel.png",
+        "one_pixel.png",
+        "tall.png",
+        "gray16.png",
+        "png_named.JPEG",
+    ],
 )
 def test_every_readable_mode_becomes_rgb_crop(odd_images, name):
     crop = load_crop(odd_images[name], Preprocessing())

@@ -16,8 +16,9 @@ from edge_convnext.quantize import recipes
 from edge_convnext.runners import calibration_keys, open_runner
 
 TOOLCHAINS = {"executorch": "executorch", "tflite": "litert_torch", "coreml": "coremltools"}
-PTQ_FLOWS = [(t, r) for t, rs in targets.SUPPORT.items() for r in rs
-             if recipes.RECIPES[r].needs_calibration]
+PTQ_FLOWS = [
+    (t, r) for t, rs in targets.SUPPORT.items() for r in rs if recipes.RECIPES[r].needs_calibration
+]
 
 
 def _require(target):
@@ -58,13 +59,21 @@ def test_ptq_artifact_runs_close_to_float_and_records_calibration(
 ):
     _require(target)
     checkpoint = str(tiny_checkpoints["convnext-tiny-224"])
-    artifact = pipeline.build(checkpoint, target, recipe, tmp_path, progress=False,
-                              calibration=pipeline.Calibration(calib_dir, 4))
+    artifact = pipeline.build(
+        checkpoint,
+        target,
+        recipe,
+        tmp_path,
+        progress=False,
+        calibration=pipeline.Calibration(calib_dir, 4),
+    )
     float_artifact = pipeline.build(checkpoint, target, "fp32", tmp_path)
     quantized, reference = open_runner(str(artifact)), open_runner(checkpoint)
     crops = _crops()
     got, expected = quantized(crops), reference(crops)
-    cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
+    cosine = (
+        (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
+    )
     assert cosine.min() > 0.95, cosine
     assert artifact.stat().st_size < 0.45 * float_artifact.stat().st_size
     keys = calibration_keys(quantized)
@@ -72,14 +81,34 @@ def test_ptq_artifact_runs_close_to_float_and_records_calibration(
 
 
 def test_calibrated_recipe_without_images_is_refused_before_loading(capsys, tmp_path):
-    status = cli.main(["export", "no/such-model", "--target", "executorch", "--recipe", "w8a8",
-                       "-o", str(tmp_path)])
+    status = cli.main(
+        [
+            "export",
+            "no/such-model",
+            "--target",
+            "executorch",
+            "--recipe",
+            "w8a8",
+            "-o",
+            str(tmp_path),
+        ]
+    )
     assert status == 2 and "--calib DIR" in capsys.readouterr().err
 
 
 def test_qat_recipe_without_checkpoint_is_refused(capsys, tmp_path):
-    status = cli.main(["export", "no/such-model", "--target", "tflite", "--recipe", "w8a8-qat",
-                       "-o", str(tmp_path)])
+    status = cli.main(
+        [
+            "export",
+            "no/such-model",
+            "--target",
+            "tflite",
+            "--recipe",
+            "w8a8-qat",
+            "-o",
+            str(tmp_path),
+        ]
+    )
     assert status == 2 and "edge-convnext qat" in capsys.readouterr().err
 
 
@@ -93,8 +122,23 @@ def test_qat_interrupted_and_resumed_ends_where_an_uninterrupted_run_ends(
     from edge_convnext.quantize import qat
 
     checkpoint = str(tiny_checkpoints["convnextv2-tiny-1k-224"])
-    common = ["qat", checkpoint, "--target", target, "--data", str(calib_dir), "--steps", "6",
-              "--batch-size", "2", "--images", "6", "--checkpoint-every", "2", "--no-progress"]
+    common = [
+        "qat",
+        checkpoint,
+        "--target",
+        target,
+        "--data",
+        str(calib_dir),
+        "--steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--images",
+        "6",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+    ]
     assert cli.main([*common, "--out", str(tmp_path / "straight.pt")]) == 0
 
     real_step = qat.QATRun.step
@@ -120,8 +164,22 @@ def test_qat_interrupted_and_resumed_ends_where_an_uninterrupted_run_ends(
         assert torch.equal(value, finished["student"][key]), key
 
     out = tmp_path / "artifacts"
-    assert cli.main(["export", "--target", target, "--recipe", "w8a8-qat", "--from-qat",
-                     str(resumed), "-o", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                "--target",
+                target,
+                "--recipe",
+                "w8a8-qat",
+                "--from-qat",
+                str(resumed),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     artifact = capsys.readouterr().out.strip().splitlines()[-1]
     data = json.loads(manifest.manifest_path(__import__("pathlib").Path(artifact)).read_text())
     assert data["details"]["quantization"]["method"] == "qat"
@@ -172,9 +230,14 @@ def test_sensitivity_ranks_every_layer_and_keep_float_is_recorded(
     ranking = layer_sensitivity(loaded.module, inputs, progress=False)
     assert len(ranking) == len(quantizable_layers(loaded.module))
     assert [r.sqnr_db for r in ranking] == sorted(r.sqnr_db for r in ranking)
-    artifact = pipeline.build(str(tiny_checkpoints["convnext-tiny-224"]), "executorch", "w8a8",
-                              tmp_path, progress=False,
-                              calibration=pipeline.Calibration(calib_dir, 4, keep_float=2))
+    artifact = pipeline.build(
+        str(tiny_checkpoints["convnext-tiny-224"]),
+        "executorch",
+        "w8a8",
+        tmp_path,
+        progress=False,
+        calibration=pipeline.Calibration(calib_dir, 4, keep_float=2),
+    )
     details = json.loads(manifest.manifest_path(artifact).read_text())["details"]["quantization"]
     assert len(details["float_layers"]) == 2 and len(details["sensitivity"]) == len(ranking)
     assert details["float_layers"] == [r["name"] for r in details["sensitivity"][:2]]

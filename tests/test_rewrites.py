@@ -34,8 +34,9 @@ def test_rewrite_keeps_logits(seed_name, rewrite, photo_batch):
 
 
 def test_rewrites_swap_the_intended_modules_and_leave_the_input_alone():
-    loaded = nontrivial_model("convnextv2-tiny-1k-224", depths=[1, 1, 1, 1],
-                              hidden_sizes=[8, 16, 32, 64])
+    loaded = nontrivial_model(
+        "convnextv2-tiny-1k-224", depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64]
+    )
     rewritten = rewrites.apply(loaded.module)
     kinds = lambda m: {type(x).__name__ for x in m.modules()}  # noqa: E731
     assert "ConvNextV2GRN" in kinds(loaded.module) and "SumSquaresGRN" not in kinds(loaded.module)

@@ -62,8 +62,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _check_flow(flow: Flow, checkpoint, out_dir) -> None:
     _require_toolchain(flow.target)
-    artifact = pipeline.build(str(checkpoint), flow.target, flow.recipe, out_dir,
-                              contract=flow.contract)
+    artifact = pipeline.build(
+        str(checkpoint), flow.target, flow.recipe, out_dir, contract=flow.contract
+    )
     assert artifact.exists() and manifest.manifest_path(artifact).is_file()
     runner, reference = open_runner(str(artifact)), open_runner(str(checkpoint))
     crops = _crops()
@@ -88,12 +89,23 @@ def test_flow_full_size_model(flow, seed_name, full_checkpoints, tmp_path):
 
 def test_manifest_is_complete(tiny_checkpoints, tmp_path):
     _require_toolchain("tflite")
-    artifact = pipeline.build(str(tiny_checkpoints["convnext-tiny-224"]), "tflite", "fp32",
-                              tmp_path)
+    artifact = pipeline.build(
+        str(tiny_checkpoints["convnext-tiny-224"]), "tflite", "fp32", tmp_path
+    )
     data = json.loads(manifest.manifest_path(artifact).read_text())
     assert artifact.name == "convnext-tiny-224.fp32.app.tflite"
-    for key in ("model", "recipe", "contract", "input", "output", "labels", "sha256", "tools",
-                "preprocessing", "size_bytes"):
+    for key in (
+        "model",
+        "recipe",
+        "contract",
+        "input",
+        "output",
+        "labels",
+        "sha256",
+        "tools",
+        "preprocessing",
+        "size_bytes",
+    ):
         assert data[key], key
     assert data["model"]["license"] and data["sha256"] == manifest.sha256_of(artifact)
     assert len(data["labels"]) == 1000 and data["input"]["dtype"] == "uint8"
@@ -101,16 +113,18 @@ def test_manifest_is_complete(tiny_checkpoints, tmp_path):
 
 
 def test_unsupported_combination_is_refused_before_loading(capsys, tmp_path):
-    status = cli.main(["export", "does/not-exist", "--target", "tflite", "--recipe", "fp16",
-                       "-o", str(tmp_path)])
+    status = cli.main(
+        ["export", "does/not-exist", "--target", "tflite", "--recipe", "fp16", "-o", str(tmp_path)]
+    )
     error = capsys.readouterr().err
-    assert status == 2 and "does not support recipe 'fp16'" in error and "coreml: fp32, fp16" in error
+    assert (
+        status == 2 and "does not support recipe 'fp16'" in error and "coreml: fp32, fp16" in error
+    )
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("target", sorted(targets.SUPPORT))
-def test_cli_export_then_predict_matches_the_checkpoint(target, capsys, tiny_checkpoints,
-                                                       tmp_path):
+def test_cli_export_then_predict_matches_the_checkpoint(target, capsys, tiny_checkpoints, tmp_path):
     _require_toolchain(target)
     checkpoint = str(tiny_checkpoints["convnextv2-tiny-1k-224"])
     assert cli.main(["export", checkpoint, "--target", target, "-o", str(tmp_path)]) == 0
@@ -123,10 +137,11 @@ def test_cli_export_then_predict_matches_the_checkpoint(target, capsys, tiny_che
         assert "reference evaluation" in captured.err
     assert cli.main(["predict", checkpoint, *photos, "--json"]) == 0
     from_checkpoint = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    for ours, theirs in zip(from_artifact, from_checkpoint):
+    for ours, theirs in zip(from_artifact, from_checkpoint, strict=True):
         assert ours["top_k"][0]["index"] == theirs["top_k"][0]["index"]
-        np.testing.assert_allclose([t["score"] for t in ours["top_k"]],
-                                   [t["score"] for t in theirs["top_k"]], atol=1e-3)
+        np.testing.assert_allclose(
+            [t["score"] for t in ours["top_k"]], [t["score"] for t in theirs["top_k"]], atol=1e-3
+        )
     assert cli.main(["inspect", artifact, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["manifest"]["target"] == target and info["runtime"]
@@ -135,14 +150,16 @@ def test_cli_export_then_predict_matches_the_checkpoint(target, capsys, tiny_che
 def test_predict_on_tflite_does_not_import_torch(tiny_checkpoints, tmp_path):
     """The Raspberry Pi path: artifact + numpy + Pillow + runtime, no torch."""
     _require_toolchain("tflite")
-    artifact = pipeline.build(str(tiny_checkpoints["convnext-tiny-224"]), "tflite", "fp32",
-                              tmp_path)
+    artifact = pipeline.build(
+        str(tiny_checkpoints["convnext-tiny-224"]), "tflite", "fp32", tmp_path
+    )
     code = (
         "import sys; from edge_convnext.cli import main; "
         f"status = main(['predict', {str(artifact)!r}, {str(real_images()[0])!r}, '--json']); "
         "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(status)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["top_k"]
