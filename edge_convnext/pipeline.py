@@ -3,6 +3,8 @@
 models.load()            transformers model + preprocessing, labels, licence
 rewrites.apply()         named module swaps that lower well (logits unchanged)
 quantize.ptq() / qat     recipe (data) + the target's own PT2E quantizer
+                         (or, for recipes in targets.<t>.CALIBRATES_ITSELF, the calibration
+                         images go to export(), which quantizes its own converted graph)
 targets.<t>.export()     artifact + sidecar manifest, written atomically
 """
 
@@ -53,9 +55,13 @@ def build(
     """
     recipe = recipes.get(recipe_name)
     targets.check_supported(target, recipe.name)
-    _check_inputs(recipe, calibration, from_qat)
     target_module = targets.get(target)
+    self_calibrated = recipe.name in getattr(target_module, "CALIBRATES_ITSELF", ())
+    _check_inputs(recipe, calibration, from_qat, self_calibrated)
     loaded = prepare_model(model_ref, random=random, seed=seed)
+    if self_calibrated:
+        images = calibration_images(loaded, recipe, calibration)
+        return target_module.export(loaded, recipe, Path(out_dir), contract, calibration=images)
     quantized = None
     if recipe.needs_calibration:
         quantized = calibrate(loaded, recipe, target_module, contract, calibration, progress)
@@ -75,18 +81,20 @@ def prepare_model(model_ref: str, *, random: bool = False, seed: int = 0) -> mod
     return loaded
 
 
+def calibration_images(loaded, recipe: Recipe, calibration: Calibration):
+    """The calibration crops (``--calib DIR``, ``--calib-size`` or the recipe's size)."""
+    from .quantize import calibration as images
+
+    size = calibration.size or recipe.calibration_size
+    return images.load(calibration.folder, size, loaded.preprocessing, seed=calibration.seed)
+
+
 def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, progress=True):
     """PTQ with the target's quantizer on calibration images; their keys go to the manifest."""
-    from .quantize import calibration as calibration_images
     from .quantize.ptq import contract_batches, ptq
     from .targets.lowering import example_input, with_contract
 
-    images = calibration_images.load(
-        calibration.folder,
-        calibration.size or recipe.calibration_size,
-        loaded.preprocessing,
-        seed=calibration.seed,
-    )
+    images = calibration_images(loaded, recipe, calibration)
     module = with_contract(loaded, contract)
     ranking = []
     if calibration.keep_float:
@@ -110,7 +118,13 @@ def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, prog
     return quantized
 
 
-def _check_inputs(recipe: Recipe, calibration: Calibration, from_qat: Path | None) -> None:
+def _check_inputs(
+    recipe: Recipe, calibration: Calibration, from_qat: Path | None, self_calibrated: bool = False
+) -> None:
+    if self_calibrated and calibration.keep_float:
+        raise EdgeConvnextError(
+            f"recipe {recipe.name!r} makes every op integer: --keep-float does not apply to it"
+        )
     if recipe.needs_calibration and calibration.folder is None:
         raise EdgeConvnextError(
             f"recipe {recipe.name!r} is calibrated: pass --calib DIR (a folder of images, e.g. "

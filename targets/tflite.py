@@ -11,6 +11,11 @@ shape; a float NHWC contract would add nothing an app uses); "float-nchw" is ``f
 (1, 3, H, W)`` normalized, for parity checks (Task Library wants NHWC, so its metadata is
 informational).
 
+Recipes: ``fp32``; ``w8a8``/``w8a8-qat`` from a PT2E graph quantized with litert-torch's quantizer
+(convolutions and linears int8, LayerNorm/GELU float); ``int8-full`` quantizes the converted fp32
+flatbuffer with ai-edge-quantizer instead (``tflite_integer``: every op int8, integer I/O, for
+NPU / Edge-TPU-style delegates), calibrated here on the images the pipeline passes.
+
 Device side (:func:`load`, :func:`describe`) needs only ``ai-edge-litert`` (or
 ``tflite-runtime``) and numpy: the runner builds one ``Interpreter`` (XNNPACK applied by
 default) and quantizes/dequantizes int8/uint8 I/O tensors from their own scale and zero point.
@@ -30,13 +35,16 @@ import numpy as np
 from edge_convnext import __version__
 from edge_convnext import manifest as manifests
 from edge_convnext.errors import EdgeConvnextError, UnsupportedError
+from edge_convnext.preprocess import normalize
 from edge_convnext.targets import check_supported
+from edge_convnext.targets import tflite_integer as integer
 from edge_convnext.targets import tflite_metadata as metadata
 from edge_convnext.targets.runner import ArtifactRunner
 from edge_convnext.targets.tflite_metadata import read_metadata
 
 if TYPE_CHECKING:  # models imports torch; this module must import without it
     from edge_convnext.models import LoadedModel
+    from edge_convnext.quantize.calibration import Calibration
     from edge_convnext.quantize.ptq import PT2EScheme, QuantizedGraph
     from edge_convnext.quantize.recipes import Recipe
 
@@ -46,6 +54,9 @@ NOTE: str | None = None
 RUNTIME_HINT = "pip install 'edge-convnext[pi]' (ai-edge-litert) or tflite-runtime"
 TOOLCHAIN_HINT = "pip install 'edge-convnext[tflite]' (litert-torch)"
 DELEGATE = "XNNPACK"  # what ai-edge-litert's Interpreter applies by default on CPU
+# Recipes export() calibrates itself, on the converted flatbuffer (ai-edge-quantizer), instead of
+# taking a PT2E graph: the pipeline hands it the calibration images.
+CALIBRATES_ITSELF = frozenset({"int8-full"})
 
 __all__ = ["NAME", "SUFFIX", "NOTE", "export", "load", "describe", "read_metadata", "TFLiteRunner"]
 
@@ -63,6 +74,7 @@ def export(
     module=None,
     convert_options: dict | None = None,
     postprocess: Callable[[bytes], bytes] | None = None,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Convert ``model`` with litert-torch, embed TFLite Metadata, write ``.tflite`` + sidecar.
 
@@ -80,19 +92,31 @@ def export(
             ``_litert_converter_flags``, ...); their names are recorded in the manifest.
         postprocess: applied to the converted flatbuffer before the metadata is embedded
             (e.g. an ai-edge-quantizer pass); its name is recorded in the manifest.
+        calibration: for recipes in :data:`CALIBRATES_ITSELF` (``int8-full``), the calibration
+            crops: the fp32 flatbuffer is quantized by ai-edge-quantizer (``tflite_integer``)
+            and their keys go to the manifest.
 
     Returns:
-        The artifact path. Nothing is written if any step fails.
+        The artifact path. Nothing is written if any step fails. For quantized recipes the
+        manifest's ``float_ops_between_io`` lists (``"<index>:<OP>"``) every op still touching a
+        float tensor between input and output; ``int8-full`` refuses to write one that has any.
 
     Raises:
-        UnsupportedError: unknown contract, unsupported recipe, or the converter rejected the model.
-        EdgeConvnextError: litert-torch is not installed.
+        UnsupportedError: unknown contract, unsupported recipe, the converter rejected the model,
+            or an ``int8-full`` graph kept float ops between input and output.
+        EdgeConvnextError: litert-torch (or ai-edge-quantizer) is not installed, or
+            ``int8-full`` without calibration images.
     """
     from edge_convnext.targets import lowering  # torch
 
     check_supported(NAME, recipe.name)
     example = lowering.example_input(contract, model.preprocessing)
     options = dict(convert_options or {})
+    quantization = quantized.details if quantized else None
+    if recipe.name in CALIBRATES_ITSELF:
+        if quantized is not None or postprocess is not None:
+            raise ValueError(f"recipe {recipe.name!r} brings its own quantization pass")
+        postprocess, quantization = _full_integer(model, contract, calibration)
     if quantized is not None:
         from litert_torch.quantize.quant_config import QuantConfig
 
@@ -106,12 +130,22 @@ def export(
     info = classifier_metadata(model, recipe, contract)
     labels = {metadata.LABELS_FILE: metadata.labels_file(model.labels)}
     artifact = metadata.embed(flatbuffer, metadata.build_metadata(info), labels)
+    float_ops = None if recipe.is_float else integer.float_ops_between_io(artifact)
+    if recipe.name in CALIBRATES_ITSELF and float_ops:
+        raise UnsupportedError(
+            f"{model.name} ({contract}): recipe {recipe.name!r} left float ops between input and "
+            f"output: {', '.join(float_ops[:10])}"
+        )
     details = {
         "converter": "litert_torch.convert",
         "convert_options": sorted(options),
         "postprocess": getattr(postprocess, "__name__", repr(postprocess)) if postprocess else None,
-        "quantization": quantized.details if quantized else None,
+        "quantization": quantization,
         "ops": op_counts(artifact),
+        # Counted per op type: a w8a8 graph keeps hundreds of float ops between q/dq pairs.
+        "float_ops_between_io": None if float_ops is None else dict(
+            Counter(op.split(":", 1)[1] for op in float_ops)
+        ),
         "delegation": delegation(_interpreter(model_content=artifact)),
         "tflite_metadata": {
             "task_library_image_classifier": contract == "app",
@@ -122,6 +156,27 @@ def export(
     return lowering.write_artifact(
         model, recipe, contract, NAME, out_dir, lambda path: path.write_bytes(artifact), details
     )
+
+
+def _full_integer(model: LoadedModel, contract: str, calibration: Calibration | None):
+    """The ai-edge-quantizer pass for ``int8-full`` on ``calibration``'s crops, and its facts."""
+    if calibration is None:
+        raise EdgeConvnextError(
+            "recipe 'int8-full' is calibrated on the converted model: pass calibration images "
+            "(pipeline.build does, from --calib DIR)"
+        )
+    if contract == "app":
+        samples = [crop[None] for crop in calibration.crops]
+    else:
+        samples = list(normalize(calibration.crops, model.preprocessing)[:, None])
+    facts: dict = {}
+
+    def ai_edge_quantizer_static_wi8_ai8(flatbuffer: bytes) -> bytes:
+        quantized, details = integer.quantize(flatbuffer, samples, contract)
+        facts.update(details, calibration=calibration.manifest_entry())
+        return quantized
+
+    return ai_edge_quantizer_static_wi8_ai8, facts
 
 
 def quantization_scheme(
