@@ -96,10 +96,18 @@ RECIPES: dict[str, Recipe] = {
             "int8",
             "w8a8 fine-tuned with fake quantization (edge-convnext qat), then converted",
         ),
+        Recipe(
+            "int8-full",
+            "ptq",
+            "int8",
+            "int8",
+            "every op int8 incl. LayerNorm/GELU/GRN, integer I/O (NPU, Edge TPU), calibrated",
+            calibration_size=64,
+        ),
         Recipe("w8", "ptq", "int8", "fp16", "int8 weights (per-channel symmetric), fp16 compute"),
         Recipe("w4", "ptq", "int4", "fp16", "int4 weights (symmetric, blocks of 32), fp16 compute"),
-        Recipe("palette4", "ptq", "palette4", "fp16", "4-bit k-means palettized weights, fp16 compute"),
-        Recipe("palette6", "ptq", "palette6", "fp16", "6-bit k-means palettized weights, fp16 compute"),
+        Recipe("palette4", "ptq", "palette4", "fp16", "4-bit k-means weight palette, fp16 compute"),
+        Recipe("palette6", "ptq", "palette6", "fp16", "6-bit k-means weight palette, fp16 compute"),
     )
 }
 

@@ -4,7 +4,8 @@ Anchor: coremltools' unified ``convert()`` (``coremltools/converters/_converters
 ``ExportedProgram`` (``torch.export.export(...).run_decompositions({})``, the path coremltools
 documents for PyTorch 2; ``torch.jit.trace`` yields the same MIL program here). The artifact is an
 ML Program for ``minimum_deployment_target=iOS17`` (macOS 14): fp32, fp16 and int8 weights need
-nothing newer; int4 block-wise and grouped-channel palettized weights need iOS18 (:data:`MIN_TARGET`).
+nothing newer; int4 block-wise and grouped-channel palettized weights need iOS18
+(:data:`MIN_TARGET`).
 
 Weight compression (``w8``, ``w4``, ``palette4``, ``palette6``) is coremltools' own
 ``coremltools.optimize.coreml`` graph pass (``compression::linear_quantize_weights`` or
@@ -53,6 +54,7 @@ from edge_convnext.targets.runner import ArtifactRunner
 
 if TYPE_CHECKING:  # models imports torch; this module must import without it
     from edge_convnext.models import LoadedModel
+    from edge_convnext.quantize.ptq import PT2EScheme, QuantizedGraph
     from edge_convnext.quantize.recipes import Recipe
 
 NAME = "coreml"
@@ -65,22 +67,35 @@ EVALUATOR_HINT = "pip install coremltools==9.0 (the MIL reference evaluator read
 # activation quantization); int4 block-wise and grouped-channel palettization are iOS18 ops.
 MIN_TARGET = {"fp32": "iOS17", "fp16": "iOS17", "int8": "iOS17"}
 MIN_TARGET_DEFAULT = "iOS18"
-PRECISIONS = {"fp32": "FLOAT32", "fp16": "FLOAT16"}
+# Activation type -> compute precision. int8: the float ops between quantize/dequantize pairs
+# (and every op the quantizer leaves out: norms, GELU, residual adds) run in fp16.
+PRECISIONS = {"fp32": "FLOAT32", "fp16": "FLOAT16", "int8": "FLOAT16"}
+# The input contract of the PT2E graph :func:`export` takes for calibrated recipes: the bare model
+# on normalized float32 NCHW. Core ML's image input reaches the program as float RGB in [0, 1] and
+# the normalization stays in float in front of the quantized graph, so the "app" contract's
+# uint8 NHWC wrapper (``lowering.AppInput``) is never quantized.
+QUANTIZE_CONTRACT = "float-nchw"
+QUANTIZER = (
+    "torchao X86InductorQuantizer default static config (uint8 affine per-tensor activations "
+    "into conv/linear, int8 symmetric per-channel weights); ct.convert maps its quantize/"
+    "dequantize ops to MIL quantize/dequantize and constexpr_affine_dequantize"
+)
 
 
 class Compression(NamedTuple):
-    """A ``coremltools.optimize.coreml`` weight compression: graph pass, op config and its options."""
+    """A ``coremltools.optimize.coreml`` weight compression: graph pass, op config, options."""
 
     graph_pass: str  # in the "compression" pass namespace
     config: str  # an Op*Config class of coremltools.optimize.coreml
     options: dict[str, Any]
 
 
-# Weight type -> how coremltools compresses it. Weights under the op config's weight_threshold
-# (2048 elements: biases, norms) stay fp16. int4 blocks run along the input channels, so convs
-# with one input channel per group (depthwise) or three (the stem) are skipped and stay fp16.
-# Palettization groups 8 output channels per table: 16 would leave the classifier (1000 rows)
-# uncompressed.
+# Weight type -> how coremltools compresses it: every const with at least the op config's
+# weight_threshold (2048) elements, so biases and norms stay fp16 (V2's widest GRN gamma/beta,
+# 3072 each, get int8 with one scale per tensor). int4 blocks run along the input
+# channels, so convs with one input channel per group (depthwise) or three (the stem) are skipped
+# and stay fp16. Palettization groups 8 output channels per table: 16 would leave the classifier
+# (1000 rows) uncompressed.
 WEIGHT_COMPRESSION: dict[str, Compression] = {
     "int8": Compression(
         "linear_quantize_weights",
@@ -114,7 +129,16 @@ PREVIEW_KEY = "com.apple.coreml.model.preview.type"  # Xcode's model preview tab
 METADATA_PREFIX = "edge_convnext."
 _FP16_DATATYPE = 10  # MIL_pb2.DataType.FLOAT16
 
-__all__ = ["NAME", "SUFFIX", "NOTE", "export", "load", "describe", "CoreMLRunner"]
+__all__ = [
+    "NAME",
+    "SUFFIX",
+    "NOTE",
+    "export",
+    "quantization_scheme",
+    "load",
+    "describe",
+    "CoreMLRunner",
+]
 
 
 # --- torch side ---------------------------------------------------------------------------------
@@ -125,6 +149,7 @@ def export(
     recipe: Recipe,
     out_dir: Path,
     contract: str = manifests.DEFAULT_CONTRACT,
+    quantized: QuantizedGraph | None = None,
     *,
     module=None,
 ) -> Path:
@@ -133,9 +158,15 @@ def export(
     Args:
         model: the classifier and what its artifact carries (labels, preprocessing, licence).
         recipe: the numerics; must be supported by this target (``targets.SUPPORT``). Its
-            ``activations`` pick ``compute_precision`` (fp32 -> FLOAT32, fp16 -> FLOAT16).
+            ``activations`` pick ``compute_precision`` (fp32 -> FLOAT32, fp16 and int8 ->
+            FLOAT16); weight-only recipes (``w8``, ``w4``, ``palette*``) compress the weights
+            with :data:`WEIGHT_COMPRESSION`.
         out_dir: where the ``.mlpackage`` directory and its ``.mlpackage.json`` sidecar go.
         contract: ``"app"`` (RGB image input, normalization in the graph) or ``"float-nchw"``.
+        quantized: for calibrated int8 recipes (``w8a8``), the PT2E-converted graph of the bare
+            model (:data:`QUANTIZE_CONTRACT`: normalized ``float32 (1, 3, H, W)`` -> logits, from
+            ``quantize.ptq`` with :func:`quantization_scheme`); converted instead of the float
+            model, with the contract's input and the softmax added around it.
         module: a torch module to convert instead of ``model.module``; like it, it maps
             normalized ``float32 (N, 3, H, W)`` to ``(N, classes)`` logits (this target adds the
             contract's input and the softmax itself).
@@ -157,6 +188,10 @@ def export(
             f"recipe {recipe.name!r}: Core ML compute precision for {recipe.activations!r} "
             f"activations is not defined; expected one of {choices(PRECISIONS)}"
         )
+    if recipe.needs_calibration:
+        module = _quantized_module(recipe, quantized, model.preprocessing.crop_size)
+    elif quantized is not None:
+        raise UnsupportedError(f"recipe {recipe.name!r} takes no PT2E-quantized graph")
     started = time.perf_counter()
     mlmodel = convert(model, recipe, contract, module=module)
     seconds = time.perf_counter() - started
@@ -176,8 +211,58 @@ def export(
         },
         "ops": op_counts(mlmodel.get_spec()),
     }
+    if quantized is not None:
+        details["quantization"] = {"quantizer": QUANTIZER, **quantized.details}
     artifact = _write(model, recipe, contract, out_dir, mlmodel, details)
     return artifact
+
+
+def quantization_scheme(
+    recipe: Recipe, qat: bool = False, keep_float: tuple[str, ...] | list[str] = ()
+) -> PT2EScheme:
+    """The PT2E quantizer for Core ML's calibrated recipes (``w8a8``).
+
+    coremltools' own ``CoreMLQuantizer`` imports ``torch.ao.quantization.quantizer``, which torch
+    2.13 removed; torchao's ``X86InductorQuantizer`` makes the same kind of graph (per-tensor
+    uint8 activations like coremltools' default ``quint8``, affine where coremltools' default is
+    symmetric; int8 symmetric per-channel weights) with ``quantized_decomposed`` ops that
+    ``ct.convert`` lowers. It quantizes the inputs of conv and linear; norms, GELU and residual
+    adds stay fp16. The graph it quantizes must take :data:`QUANTIZE_CONTRACT`'s input.
+    """
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
+
+    config = get_default_x86_inductor_quantization_config(is_qat=qat)
+    quantizer = X86InductorQuantizer().set_global(config)
+    for name in keep_float:  # layers the sensitivity ranking keeps in float
+        quantizer.set_module_name_qconfig(name, None)
+    return Scheme(quantizer, fold_quantize=True)
+
+
+def _quantized_module(recipe: Recipe, quantized: QuantizedGraph | None, side: int):
+    """The PT2E graph to convert, checked to take :data:`QUANTIZE_CONTRACT`'s input."""
+    if quantized is None:
+        raise UnsupportedError(
+            f"recipe {recipe.name!r} is calibrated: pass the PT2E-quantized graph (quantize.ptq "
+            f"with coreml.quantization_scheme on the {QUANTIZE_CONTRACT!r} model), e.g. "
+            "`edge-convnext export --calib DIR`"
+        )
+    graph = quantized.graph
+    inputs = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    value = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    expected = (1, 3, side, side)
+    if value is None or tuple(value.shape) != expected or not value.dtype.is_floating_point:
+        got = "unknown" if value is None else f"{value.dtype} {tuple(value.shape)}"
+        raise UnsupportedError(
+            f"recipe {recipe.name!r}: Core ML converts a quantized graph of the bare model on "
+            f"normalized float32 {expected} input ({QUANTIZE_CONTRACT!r}, the image input and "
+            f"normalization are added around it); this graph takes {got}"
+        )
+    return graph
 
 
 def convert(model: LoadedModel, recipe: Recipe, contract: str, *, module=None):
@@ -239,7 +324,7 @@ def convert(model: LoadedModel, recipe: Recipe, contract: str, *, module=None):
 def _pass_pipeline(ct, recipe: Recipe):
     """coremltools' default passes, plus the recipe's weight compression before the cleanup."""
     pipeline = ct.PassPipeline.DEFAULT
-    compression = WEIGHT_COMPRESSION.get(recipe.weights)
+    compression = weight_compression(recipe)
     if compression is None:
         return pipeline
     _check_kmeans(compression)
@@ -250,7 +335,8 @@ def _pass_pipeline(ct, recipe: Recipe):
     # The cleanup passes (const dedup, dead code, ...) follow the default ones; compress just
     # before them, i.e. after the fp16 cast.
     pipeline.insert_pass(len(pipeline.passes) - len(ct.PassPipeline.CLEANUP.passes), name)
-    pipeline.set_options(name, {"config": cto.OptimizationConfig(global_config=op_config)})
+    config = cto.OptimizationConfig(global_config=op_config)
+    pipeline.set_options(name, {"config": config})
     return pipeline
 
 
@@ -266,8 +352,16 @@ def _check_kmeans(compression: Compression) -> None:
         ) from None
 
 
+def weight_compression(recipe: Recipe) -> Compression | None:
+    """How a weight-only recipe's weights are compressed; None for float and calibrated recipes
+    (a PT2E graph brings its int8 weights as dequantize ops, which become constexprs)."""
+    if recipe.needs_calibration or recipe.method == "qat":
+        return None
+    return WEIGHT_COMPRESSION.get(recipe.weights)
+
+
 def _compression_facts(recipe: Recipe) -> dict:
-    compression = WEIGHT_COMPRESSION.get(recipe.weights)
+    compression = weight_compression(recipe)
     if compression is None:
         return {}
     return {
@@ -290,7 +384,11 @@ def _export_program(model: LoadedModel, contract: str, module=None):
 
     logits_module = module if module is not None else model.module
     normalize = model.preprocessing if contract == "app" else None
-    wrapped = _classifier(logits_module, normalize).eval()
+    wrapped = _classifier(logits_module, normalize)
+    if isinstance(logits_module, torch.fx.GraphModule):
+        wrapped.training = False  # a PT2E graph refuses .eval() and has no train mode to leave
+    else:
+        wrapped.eval()
     if contract == "app":  # the image input reaches the graph as float RGB in [0, 1]
         side = model.preprocessing.crop_size
         example = torch.rand(1, 3, side, side)

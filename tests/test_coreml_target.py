@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 from conftest import SEED_NAMES, real_images, textured_image  # noqa: E402
 
 from edge_convnext import manifest as manifests  # noqa: E402
+from edge_convnext import targets  # noqa: E402
 from edge_convnext.errors import EdgeConvnextError, UnsupportedError  # noqa: E402
 from edge_convnext.labels import distinct_labels  # noqa: E402
 from edge_convnext.preprocess import (  # noqa: E402
@@ -28,14 +29,24 @@ from edge_convnext.preprocess import (  # noqa: E402
     normalize,
     resize_and_crop,
 )
+from edge_convnext.quantize.ptq import contract_batches, ptq  # noqa: E402
 from edge_convnext.quantize.recipes import Recipe, get  # noqa: E402
-from edge_convnext.targets import coreml, coreml_mil  # noqa: E402
+from edge_convnext.targets import coreml, coreml_mil, lowering  # noqa: E402
 from edge_convnext.testing import nontrivial_model  # noqa: E402
 
 SMALL = {"depths": [1, 1, 1, 1], "hidden_sizes": [16, 32, 64, 128]}
 RECIPES = ("fp32", "fp16")
 CONTRACTS = ("app", "float-nchw")
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999}
+# Weight-only compression: the constexpr op that holds the weights, the deployment target it needs,
+# the artifact size at most (x fp16) and the logits' cosine to torch fp32 at least. On these small
+# models int8 gives ~0.9999, 6-bit ~0.999, 4-bit ~0.98.
+COMPRESSED = {
+    "w8": ("constexpr_affine_dequantize", "iOS17", 0.7, 0.999),
+    "w4": ("constexpr_blockwise_shift_scale", "iOS18", 0.5, 0.95),
+    "palette4": ("constexpr_lut_to_dense", "iOS18", 0.5, 0.95),
+    "palette6": ("constexpr_lut_to_dense", "iOS18", 0.6, 0.995),
+}
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +219,8 @@ def test_failed_save_leaves_nothing(models, tmp_path, monkeypatch):
 
 
 def test_rejects_unsupported_recipe_and_contract(models, tmp_path):
-    int8 = Recipe("w8a8", "ptq", "int8", "int8", "int8 weights and activations", 16)
-    with pytest.raises(UnsupportedError, match="does not support recipe 'w8a8'"):
-        coreml.export(models[SEED_NAMES[0]], int8, tmp_path)
+    with pytest.raises(UnsupportedError, match="does not support recipe 'w8a8-qat'"):
+        coreml.export(models[SEED_NAMES[0]], get("w8a8-qat"), tmp_path)
     with pytest.raises(UnsupportedError, match="unknown input contract 'nhwc'"):
         coreml.export(models[SEED_NAMES[0]], get("fp32"), tmp_path, "nhwc")
     assert list(tmp_path.iterdir()) == []
@@ -221,6 +231,8 @@ def test_deployment_target_per_weight_type():
     assert coreml.deployment_target(get("fp16")) == "iOS17"
     int4 = Recipe("w4a16", "ptq", "int4", "fp16", "int4 weights")
     assert coreml.deployment_target(int4) == "iOS18"
+    for recipe, (_, target, _, _) in COMPRESSED.items():
+        assert coreml.deployment_target(get(recipe)) == target
 
 
 def test_load_and_describe_need_a_package(tmp_path):
@@ -236,3 +248,159 @@ def test_module_imports_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+# --- weight compression (coremltools.optimize.coreml passes inside the conversion) -------------
+
+
+def _require_kmeans(recipe: str) -> None:
+    if recipe.startswith("palette"):
+        pytest.importorskip("sklearn", reason="k-means palettization needs scikit-learn")
+
+
+@pytest.mark.parametrize("recipe", sorted(COMPRESSED))
+def test_compression_recipes_are_supported_data(recipe):
+    assert recipe in targets.SUPPORT["coreml"]
+    data = get(recipe)
+    assert (data.method, data.activations, data.calibration_size) == ("ptq", "fp16", 0)
+    assert not data.needs_calibration
+    assert coreml.weight_compression(data) is coreml.WEIGHT_COMPRESSION[data.weights]
+    assert coreml.weight_compression(get("w8a8")) is None  # its int8 weights come from PT2E
+
+
+@pytest.mark.parametrize("recipe", sorted(COMPRESSED))
+@pytest.mark.parametrize("seed_name", SEED_NAMES)
+def test_compressed_artifact_is_a_smaller_classifier_close_to_torch(
+    seed_name, recipe, artifacts, models, crops
+):
+    _require_kmeans(recipe)
+    op, target, max_size, min_cosine = COMPRESSED[recipe]
+    path = artifacts(seed_name, recipe, "app")
+    info = coreml.describe(path)
+    assert info["ops"].get(op, 0) >= 8, info["ops"]  # every large conv/linear weight
+    assert info["deployment_target"] == target
+    assert info["compute_precision"] == "FLOAT16"
+    fp16 = manifests.size_of(artifacts(seed_name, "fp16", "app"))
+    assert manifests.size_of(path) < max_size * fp16
+
+    spec = _spec(path)
+    assert [o.name for o in spec.description.output] == ["classLabel", "classLabel_probs", "logits"]
+    assert info["classifier"]["labels"] == 1000
+    assert info["classifier"]["probabilities_from"].endswith("softmax")
+    assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
+    user = dict(spec.description.metadata.userDefined)
+    assert user["edge_convnext.recipe"] == recipe
+    assert user["com.apple.coreml.model.preview.type"] == "imageClassifier"
+    details = manifests.read(path).details
+    compression = coreml.WEIGHT_COMPRESSION[get(recipe).weights]
+    assert details["weight_compression"][compression.config] == compression.options
+    assert details["minimum_deployment_target"] == target
+
+    loaded = models[seed_name]
+    with torch.inference_mode():
+        expected = loaded.module(torch.from_numpy(normalize(crops, loaded.preprocessing))).numpy()
+    logits = coreml.load(path)(crops)
+    assert logits.shape == expected.shape and logits.dtype == np.float32
+    assert _cosines(logits, expected).min() >= min_cosine
+
+
+def test_palettization_covers_the_classifier(artifacts):
+    """1000 output rows: a palette group size that does not divide 1000 would skip it."""
+    pytest.importorskip("sklearn")
+    path = artifacts(SEED_NAMES[0], "palette4", "app")
+    program = coreml_mil.MilEvaluator.from_mlpackage(path)
+    assert "constexpr_lut_to_dense" in program.op_types
+    spec = _spec(path)
+    block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
+    producers = {out.name: op for op in block.operations for out in op.outputs}
+    linears = [op for op in block.operations if op.type == "linear"]
+    head = linears[-1]  # the classifier: (1000, C) weight
+    weight = producers[head.inputs["weight"].arguments[0].name]
+    assert weight.type == "constexpr_lut_to_dense"
+    assert weight.outputs[0].type.tensorType.dimensions[0].constant.size == 1000
+
+
+# --- w8a8: a PT2E graph (torchao quantizer) converted by ct.convert ----------------------------
+
+
+@pytest.fixture(scope="module")
+def w8a8_graph(models):
+    """PT2E w8a8 of the first seed's bare model, calibrated on a few generated images."""
+    loaded = models[SEED_NAMES[0]]
+    contract = coreml.QUANTIZE_CONTRACT
+    calibration = np.stack(
+        [resize_and_crop(textured_image(100 + s), loaded.preprocessing) for s in range(4)]
+    )
+    return ptq(
+        lowering.with_contract(loaded, contract),
+        lowering.example_input(contract, loaded.preprocessing),
+        coreml.quantization_scheme(get("w8a8")),
+        contract_batches(calibration, contract, loaded.preprocessing),
+        progress=False,
+    )
+
+
+@pytest.fixture
+def w8a8_supported(monkeypatch):
+    """w8a8 joins SUPPORT["coreml"] once pipeline.calibrate quantizes coreml.QUANTIZE_CONTRACT."""
+    if "w8a8" not in targets.SUPPORT["coreml"]:
+        monkeypatch.setitem(targets.SUPPORT, "coreml", (*targets.SUPPORT["coreml"], "w8a8"))
+
+
+@pytest.mark.parametrize("contract", CONTRACTS)
+def test_w8a8_artifact_quantizes_activations_and_matches_its_graph(
+    contract, w8a8_graph, w8a8_supported, models, crops, tmp_path
+):
+    loaded = models[SEED_NAMES[0]]
+    path = coreml.export(loaded, get("w8a8"), tmp_path, contract, quantized=w8a8_graph)
+    info = coreml.describe(path)
+    assert info["ops"]["quantize"] == info["ops"]["dequantize"] >= 8
+    assert info["ops"]["constexpr_affine_dequantize"] >= 8  # int8 conv/linear weights
+    assert info["deployment_target"] == "iOS17"
+    assert info["classifier"]["labels"] == 1000
+    details = manifests.read(path).details
+    assert details["quantization"]["method"] == "ptq"
+    assert "X86InductorQuantizer" in details["quantization"]["quantizer"]
+    assert "weight_compression" not in details
+
+    pixels = torch.from_numpy(normalize(crops, loaded.preprocessing))
+    with torch.inference_mode():
+        expected = loaded.module(pixels).numpy()
+    with torch.no_grad():
+        simulated = torch.cat([w8a8_graph.graph(x) for x in pixels.split(1)]).numpy()
+    logits = coreml.load(path)(crops)
+    # fp16 compute around the int8 ops vs torch's fp32 simulation: ~0.9999 on these images
+    assert _cosines(logits, simulated).min() >= 0.9995
+    assert _cosines(logits, expected).min() >= 0.995
+
+
+def test_w8a8_needs_a_quantized_graph_of_the_bare_model(w8a8_supported, models, tmp_path):
+    loaded = models[SEED_NAMES[0]]
+    with pytest.raises(UnsupportedError, match="is calibrated"):
+        coreml.export(loaded, get("w8a8"), tmp_path)
+    app_graph = ptq(  # what pipeline.calibrate makes today for the "app" contract: uint8 NHWC
+        lowering.with_contract(loaded, "app"),
+        lowering.example_input("app", loaded.preprocessing),
+        coreml.quantization_scheme(get("w8a8")),
+        [lowering.example_input("app", loaded.preprocessing)],
+        progress=False,
+    )
+    with pytest.raises(UnsupportedError, match=r"normalized float32 \(1, 3, 224, 224\)"):
+        coreml.export(loaded, get("w8a8"), tmp_path, quantized=app_graph)
+    with pytest.raises(UnsupportedError, match="takes no PT2E-quantized graph"):
+        coreml.export(loaded, get("w8"), tmp_path, quantized=app_graph)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_w8a8_scheme_keeps_named_layers_float(models):
+    loaded = models[SEED_NAMES[0]]
+    module = lowering.with_contract(loaded, coreml.QUANTIZE_CONTRACT)
+    example = lowering.example_input(coreml.QUANTIZE_CONTRACT, loaded.preprocessing)
+
+    def weight_dequantizes(keep_float):
+        scheme = coreml.quantization_scheme(get("w8a8"), keep_float=keep_float)
+        graph = ptq(module, example, scheme, [example], progress=False).graph
+        return sum("dequantize_per_channel" in str(n.target) for n in graph.graph.nodes)
+
+    kept = ["hf_model.classifier", "hf_model.convnext.encoder.stages.0.layers.0.dwconv"]
+    assert weight_dequantizes(kept) == weight_dequantizes([]) - len(kept)
