@@ -9,13 +9,14 @@ model is never modified.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from edge_convnext.preprocess import Preprocessing, normalize
+from edge_convnext.progress import bar
 
 
 @dataclass(frozen=True)
@@ -106,17 +107,9 @@ def ptq(
         raise ValueError("static quantization needs at least one calibration image")
     prepared = prepare_pt2e(export_for_quantization(module, example), scheme.quantizer)
     with torch.no_grad():
-        for batch in _progress(calibration, "calibrating", progress):
+        for batch in bar(
+            calibration, enabled=progress, desc="calibrating", unit="img", leave=False
+        ):
             prepared(batch)
     graph = convert_pt2e(prepared, fold_quantize=scheme.fold_quantize)
     return QuantizedGraph(graph, scheme, {"method": "ptq", "calibration_images": len(calibration)})
-
-
-def _progress(items: Iterable, description: str, enabled: bool):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=description, unit="img", leave=False)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from edge_convnext import atomic
 from edge_convnext.errors import EdgeConvnextError
+from edge_convnext.progress import bar as progress_bar
 
 from .ptq import PT2EScheme, QuantizedGraph, export_for_quantization
 from .recipes import QATConfig
@@ -217,7 +218,9 @@ def train(
     if state is not None:
         run.load_state(state)
     pool = calibration.load(data, images, loaded.preprocessing, seed=config.seed).crops
-    bar = _bar(config.steps, run.step_index, progress)
+    bar = progress_bar(
+        None, enabled=progress, total=config.steps, initial=run.step_index, desc="QAT", unit="step"
+    )
     while run.step_index < config.steps:
         crops = batch_for_step(pool, run.step_index, config.batch_size, config.seed)
         loss = run.step(contract_tensor(crops, contract, loaded.preprocessing))
@@ -277,13 +280,3 @@ def _resume_state(out: Path, resume: bool, meta: dict, config: QATConfig) -> dic
             "command, or choose another --out"
         )
     return payload
-
-
-def _bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc="QAT", unit="step")

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from edge_convnext.progress import bar
+
 
 @dataclass(frozen=True)
 class LayerSensitivity:
@@ -72,7 +74,7 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor, progress: bool = T
     layers = quantizable_layers(model)
     ranges = _input_ranges(model, layers, inputs)
     results = []
-    for name, layer in _progress(layers, progress):
+    for name, layer in bar(layers, enabled=progress, desc="sensitivity", unit="layer", leave=False):
         original = layer.weight.data.clone()
         layer.weight.data = fake_quantize_weight(original)
         low, high = ranges[name]
@@ -103,13 +105,3 @@ def _input_ranges(model, layers, inputs) -> dict[str, tuple[float, float]]:
         for hook in hooks:
             hook.remove()
     return ranges
-
-
-def _progress(items, enabled):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc="sensitivity", unit="layer", leave=False)
