@@ -127,13 +127,14 @@ def _run_predict(args) -> int:
 def _add_export(commands) -> None:
     from .manifest import CONTRACTS, DEFAULT_CONTRACT
     from .quantize.recipes import RECIPES
-    from .targets import SUPPORT
+    from .targets import REWRITES, SUPPORT
 
     support = "\n".join(
         f"  {target:<11} {', '.join(recipes)}" for target, recipes in SUPPORT.items()
     )
     recipe_lines = "\n".join(f"  {r.name:<11} {r.description}" for r in RECIPES.values())
     contract_lines = "\n".join(f"  {name:<11} {text}" for name, text in CONTRACTS.items())
+    per_target = "\n".join(f"  {t:<11} {', '.join(names)}" for t, names in REWRITES.items())
     parser = commands.add_parser(
         "export",
         help="lower a checkpoint to a .pte, .tflite or .mlpackage artifact",
@@ -149,6 +150,8 @@ def _add_export(commands) -> None:
         ),
         epilog=f"supported target x recipe:\n{support}\n\nrecipes:\n{recipe_lines}\n\n"
         f"input contracts (--contract, default {DEFAULT_CONTRACT}):\n{contract_lines}\n\n"
+        "graph rewrites applied before lowering (logits unchanged; described in\n"
+        f"edge_convnext/rewrites.py; int8-full keeps the portable first two):\n{per_target}\n\n"
         "examples:\n"
         "  edge-convnext export facebook/convnext-tiny-224 --target coreml --recipe fp16 -o out/\n"
         "  edge-convnext export --random-init convnextv2-tiny-1k-224 --target executorch -o out/",
@@ -166,6 +169,12 @@ def _add_export(commands) -> None:
         "--contract", default=DEFAULT_CONTRACT, choices=sorted(CONTRACTS), help="input contract"
     )
     parser.add_argument("-o", "--out", default=".", metavar="DIR", help="output dir (default .)")
+    parser.add_argument(
+        "--rewrites",
+        metavar="LIST",
+        help="comma-separated rewrites to apply instead of the target's (listed below); e.g. "
+        "head-layernorm-eps,grn-sum-squares to see the delegation without the XNNPACK ones",
+    )
     quant = parser.add_argument_group("quantization")
     quant.add_argument("--calib", metavar="DIR", help="calibration images (static int8 recipes)")
     quant.add_argument(
@@ -215,10 +224,17 @@ def _run_export(args) -> int:
         seed=seed,
         calibration=calibration,
         from_qat=Path(args.from_qat) if args.from_qat else None,
+        rewrite_names=_rewrite_names(args.rewrites),
         progress=not args.no_progress,
     )
     print(artifact)
     return EXIT_OK
+
+
+def _rewrite_names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _add_qat(commands) -> None:
@@ -262,7 +278,12 @@ def _add_qat(commands) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B")
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="AdamW lr")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=defaults.learning_rate,
+        help="AdamW learning rate (default %(default)s)",
+    )
     parser.add_argument(
         "--images",
         type=int,

@@ -61,6 +61,7 @@ class LoadedModel:
     labels: list[str]
     license: str
     model_type: str  # "convnext" | "convnextv2"
+    rewrites: tuple[str, ...] = ()  # graph rewrites applied to ``module`` (edge_convnext.rewrites)
 
     @property
     def hf_model(self) -> torch.nn.Module:

@@ -1,7 +1,8 @@
 """The whole flow, top-down: checkpoint -> rewrites -> (quantize) -> target artifact.
 
 models.load()            transformers model + preprocessing, labels, licence
-rewrites.apply()         named module swaps that lower well (logits unchanged)
+rewrites.apply()         the target's module swaps that lower well (targets.REWRITES; logits
+                         unchanged)
 quantize.ptq() / qat     recipe (data) + the target's own PT2E quantizer
                          (or, for recipes in targets.<t>.CALIBRATES_ITSELF, the calibration
                          images go to export(), which quantizes its own converted graph)
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from . import manifest, models, rewrites, targets
 from .errors import EdgeConvnextError
@@ -46,19 +49,24 @@ def build(
     seed: int = 0,
     calibration: Calibration = Calibration(),
     from_qat: Path | None = None,
+    rewrite_names: tuple[str, ...] | None = None,
     progress: bool = True,
 ) -> Path:
     """Export ``model_ref`` to ``target`` with ``recipe_name``; return the artifact path.
 
-    Unsupported ``target x recipe`` (or a recipe missing its calibration images or QAT
-    checkpoint) is refused before anything is loaded.
+    ``rewrite_names`` replaces ``targets.rewrites_for(target, recipe)``, e.g. to see what
+    the delegate makes of the graph without them. Unsupported ``target x recipe`` (or a recipe
+    missing its calibration images or QAT checkpoint) is refused before anything is loaded.
     """
     recipe = recipes.get(recipe_name)
     targets.check_supported(target, recipe.name)
     target_module = targets.get(target)
     self_calibrated = recipe.name in getattr(target_module, "CALIBRATES_ITSELF", ())
     _check_inputs(recipe, calibration, from_qat, self_calibrated)
-    loaded = prepare_model(model_ref, random=random, seed=seed)
+    if rewrite_names is None:
+        rewrite_names = targets.rewrites_for(target, recipe.name)
+    rewrites.check(rewrite_names)
+    loaded = prepare_model(model_ref, rewrite_names, random=random, seed=seed)
     if self_calibrated:
         images = calibration_images(loaded, recipe, calibration)
         return target_module.export(loaded, recipe, Path(out_dir), contract, calibration=images)
@@ -74,10 +82,17 @@ def build(
     return target_module.export(loaded, recipe, Path(out_dir), contract)
 
 
-def prepare_model(model_ref: str, *, random: bool = False, seed: int = 0) -> models.LoadedModel:
-    """Load a checkpoint and apply the default rewrites (what every target lowers)."""
+def prepare_model(
+    model_ref: str,
+    rewrite_names: tuple[str, ...] = targets.PORTABLE_REWRITES,
+    *,
+    random: bool = False,
+    seed: int = 0,
+) -> models.LoadedModel:
+    """Load a checkpoint and apply the rewrites (``targets.rewrites_for(target, recipe)``)."""
     loaded = models.load(model_ref, random=random, seed=seed)
-    loaded.module = rewrites.apply(loaded.module)
+    loaded.module = rewrites.apply(loaded.module, tuple(rewrite_names))
+    loaded.rewrites = tuple(rewrite_names)
     return loaded
 
 
@@ -90,28 +105,38 @@ def calibration_images(loaded, recipe: Recipe, calibration: Calibration):
 
 
 def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, progress=True):
-    """PTQ with the target's quantizer on calibration images; their keys go to the manifest."""
+    """PTQ with the target's quantizer on calibration images; their keys go to the manifest.
+
+    In order: SmoothQuant balancing (``recipe.smoothquant_alpha``), the sensitivity ranking
+    (``--keep-float``), then calibrated quantization of ``recipe.layers`` minus the float ones.
+    """
     from .quantize.ptq import contract_batches, ptq
     from .targets.lowering import example_input, with_contract
 
     images = calibration_images(loaded, recipe, calibration)
+    batches = contract_batches(images.crops, contract, loaded.preprocessing)
     module = with_contract(loaded, contract)
+    if recipe.smoothquant_alpha is not None:
+        from .quantize.balance import balance_hidden
+
+        module = balance_hidden(module, batches, recipe.smoothquant_alpha)
     ranking = []
     if calibration.keep_float:
-        from .quantize.ptq import contract_tensor
         from .quantize.sensitivity import layer_sensitivity
 
-        probe = contract_tensor(images.crops[:SENSITIVITY_IMAGES], contract, loaded.preprocessing)
-        ranking = layer_sensitivity(module, probe, progress=progress)
+        probe = torch.cat(batches[:SENSITIVITY_IMAGES])
+        ranking = layer_sensitivity(module, probe, layers=recipe.layers, progress=progress)
     float_layers = [layer.name for layer in ranking[: calibration.keep_float]]
     quantized = ptq(
         module,
         example_input(contract, loaded.preprocessing),
         target_module.quantization_scheme(recipe, keep_float=float_layers),
-        contract_batches(images.crops, contract, loaded.preprocessing),
+        batches,
         progress=progress,
     )
     quantized.details["calibration"] = images.manifest_entry()
+    if recipe.smoothquant_alpha is not None:
+        quantized.details["smoothquant_alpha"] = recipe.smoothquant_alpha
     if ranking:
         quantized.details["float_layers"] = float_layers
         quantized.details["sensitivity"] = [layer.to_dict() for layer in ranking]

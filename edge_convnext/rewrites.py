@@ -207,7 +207,7 @@ class GRNScale(nn.Module):
     ``G = sqrt(HW * mean_hw x^2)`` (XNNPACK's global average pooling),
     ``N = G / (mean_c G + 1e-6)`` (mean over channels as a 1x1 conv), and GRN's ``beta`` is
     folded into the next 1x1 conv's bias by :class:`PointwiseConvBlock`. ``output_scale`` (1 by
-    default) divides output channels; :meth:`PointwiseConvBlock.balance_grn_output` moves it into
+    default) divides output channels; :meth:`PointwiseConvBlock.balance_hidden` moves it into
     the next conv so per-tensor int8 quantization sees channels of similar range.
     """
 
@@ -219,7 +219,7 @@ class GRNScale(nn.Module):
         self.register_buffer("mean_kernel", _constant_mean_kernel(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pixels = x.shape[2] * x.shape[3]
+        pixels = float(x.shape[2] * x.shape[3])  # a float scalar: an int one becomes a cast op
         global_features = torch.sqrt(torch.mean(x * x, dim=(2, 3), keepdim=True) * pixels)
         norm = global_features / (F.conv2d(global_features, self.mean_kernel) + 1e-6)
         return x * (self.gamma * norm + self.output_scale)
@@ -249,25 +249,33 @@ class PointwiseConvBlock(nn.Module):
             in_shift=None if grn is None else grn.bias,
             out_scale=getattr(layer, "layer_scale_parameter", None),
         )
+        self.register_buffer("hidden_scale", None)  # set by balance_hidden (V1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.act(self.pwconv1(self.norm(self.dwconv(x))))
         if self.grn is not None:
             hidden = self.grn(hidden)
+        elif self.hidden_scale is not None:
+            hidden = hidden * self.hidden_scale
         return x + self.pwconv2(hidden)
 
     @torch.no_grad()
-    def balance_grn_output(self, channel_scale: torch.Tensor) -> None:
-        """Divide GRN output channel c by ``channel_scale[c]`` and scale ``pwconv2`` input c by it.
+    def balance_hidden(self, channel_scale: torch.Tensor) -> None:
+        """Divide hidden channel c (pwconv2's input) by ``channel_scale[c]``, scale pwconv2 by it.
 
-        Exact in real arithmetic (fp32 logits move by ~1e-6). With ``channel_scale`` the
-        per-channel abs-max of the GRN output on calibration images, every channel reaches the
-        same range, which is what per-tensor int8 activations need (V2's GRN output channels
-        differ in range by 10x or more).
+        Exact in real arithmetic (fp32 logits move by ~1e-6). V2 folds the division into GRN's
+        multiply; V1 gets a per-channel multiply after GELU, which also keeps converters from
+        fusing GELU into an int8 op that XNNPACK does not run. Used by ``quantize.balance`` so
+        per-tensor int8 activations see channels of similar range.
         """
         scale = channel_scale.detach().reshape(1, -1, 1, 1).to(self.pwconv2.weight.dtype)
-        self.grn.gamma.div_(scale)
-        self.grn.output_scale.div_(scale)
+        if self.grn is not None:
+            self.grn.gamma.div_(scale)
+            self.grn.output_scale.div_(scale)
+        elif self.hidden_scale is None:
+            self.hidden_scale = 1.0 / scale
+        else:
+            self.hidden_scale.div_(scale)
         self.pwconv2.weight.mul_(scale)
 
 
@@ -373,11 +381,16 @@ REWRITES: dict[str, Rewrite] = {
 DEFAULT = ("head-layernorm-eps", "grn-sum-squares")
 
 
-def apply(model: nn.Module, names: tuple[str, ...] = DEFAULT, inplace: bool = False) -> nn.Module:
-    """Apply the named rewrites to ``model`` (a copy unless ``inplace``) and return it."""
+def check(names: tuple[str, ...]) -> None:
+    """Raise UnsupportedError (listing the valid names) if any of ``names`` is not a rewrite."""
     unknown = [name for name in names if name not in REWRITES]
     if unknown:
         raise UnsupportedError(f"unknown rewrites {unknown}; valid: {choices(REWRITES)}")
+
+
+def apply(model: nn.Module, names: tuple[str, ...] = DEFAULT, inplace: bool = False) -> nn.Module:
+    """Apply the named rewrites to ``model`` (a copy unless ``inplace``) and return it."""
+    check(names)
     model = model if inplace else copy.deepcopy(model)
     for name in names:
         _swap(model, REWRITES[name])

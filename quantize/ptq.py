@@ -52,6 +52,38 @@ def outside_modules(module_names) -> Callable[[torch.fx.Node], bool]:
     return keep
 
 
+def layer_filter(
+    layers: Sequence[str] = (), keep_float: Sequence[str] = ()
+) -> Callable[[torch.fx.Node], bool]:
+    """A PT2E node filter: which nodes the quantizer may annotate.
+
+    ``layers``: module path suffixes to quantize (a recipe's ``layers``; empty: all);
+    ``keep_float``: module paths to leave in float, children included (sensitivity ranking).
+    Weights and biases carry no module stack and always pass; the quantizers check every node of
+    a pattern, so a conv is quantized only if its own node passes.
+    """
+    outside_kept = outside_modules(keep_float)
+    suffixes = tuple("." + layer for layer in layers)
+
+    def allow(node: torch.fx.Node) -> bool:
+        if node.op != "call_function":
+            return True
+        if not outside_kept(node):
+            return False
+        return not suffixes or _innermost_module_path(node).endswith(suffixes)
+
+    return allow
+
+
+def _innermost_module_path(node: torch.fx.Node) -> str:
+    """``.``-prefixed path of the module ``node`` was traced from ("" for top-level code)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, _ = list(stack.values())[-1]
+    return "." + str(path).removeprefix("L['self'].")
+
+
 def contract_tensor(crops: np.ndarray, contract: str, preprocessing: Preprocessing) -> torch.Tensor:
     """``uint8 (N, H, W, 3)`` RGB crops as one tensor in ``contract``'s layout and dtype."""
     if contract == "app":

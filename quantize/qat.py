@@ -209,15 +209,20 @@ def train(
         "contract": contract,
         "data": str(data),
         "images": images,
+        "rewrites": list(targets.rewrites_for(target, recipe.name)),
     }
     state = _resume_state(Path(out), resume, meta, config)
-    loaded = pipeline.prepare_model(model_ref, random=random_init, seed=model_seed)
+    loaded = pipeline.prepare_model(
+        model_ref, tuple(meta["rewrites"]), random=random_init, seed=model_seed
+    )
     scheme = targets.get(target).quantization_scheme(recipe, qat=True)
     example = example_input(contract, loaded.preprocessing)
     run = QATRun(with_contract(loaded, contract), example, scheme, config, device)
     if state is not None:
         run.load_state(state)
-    pool = calibration.load(data, images, loaded.preprocessing, seed=config.seed).crops
+    training = calibration.load(data, images, loaded.preprocessing, seed=config.seed)
+    pool = training.crops
+    meta = {**meta, "training_images": training.manifest_entry()}  # audits leave them out
     bar = progress_bar(
         None, enabled=progress, total=config.steps, initial=run.step_index, desc="QAT", unit="step"
     )
@@ -247,6 +252,11 @@ def finalize_checkpoint(path: Path, loaded, target: str, recipe, contract: str) 
                 f"{path}: trained for {key} {meta[key]!r}, not {value!r}; pass --{key} "
                 f"{meta[key]} or train again"
             )
+    if meta.get("rewrites") != list(loaded.rewrites):
+        raise EdgeConvnextError(
+            f"{path}: trained on the graph after rewrites {meta.get('rewrites')}, this export "
+            f"lowers {list(loaded.rewrites)}; train again with this version"
+        )
     config = QATConfig.from_dict(payload["config"])
     scheme = targets.get(target).quantization_scheme(recipe, qat=True)
     example = example_input(contract, loaded.preprocessing)
@@ -255,6 +265,7 @@ def finalize_checkpoint(path: Path, loaded, target: str, recipe, contract: str) 
     quantized = run.finalize()
     quantized.details.update(
         {
+            "calibration": meta.get("training_images", {}),
             "checkpoint": str(path),
             "config": payload["config"],
             "final_kl": run.losses[-1] if run.losses else None,

@@ -53,12 +53,23 @@ def fake_quantize_activation(x: torch.Tensor, low: float, high: float) -> torch.
     return (q - zero_point) * scale
 
 
-def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def quantizable_layers(
+    model: nn.Module, layers: tuple[str, ...] = ()
+) -> list[tuple[str, nn.Module]]:
+    """Conv2d/Linear modules, only those whose path ends with one of ``layers`` if given."""
+    suffixes = tuple("." + layer for layer in layers)
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+        and (not suffixes or ("." + name).endswith(suffixes))
+    ]
 
 
 @torch.no_grad()
-def layer_sensitivity(model: nn.Module, inputs: torch.Tensor, progress: bool = True):
+def layer_sensitivity(
+    model: nn.Module, inputs: torch.Tensor, layers: tuple[str, ...] = (), progress: bool = True
+):
     """Rank ``model``'s Conv2d/Linear layers by logits SQNR when each alone is quantized.
 
     Args:
@@ -71,7 +82,7 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor, progress: bool = T
     """
     model = model.eval()
     reference = model(inputs)
-    layers = quantizable_layers(model)
+    layers = quantizable_layers(model, layers)
     ranges = _input_ranges(model, layers, inputs)
     results = []
     for name, layer in bar(layers, enabled=progress, desc="sensitivity", unit="layer", leave=False):

@@ -11,7 +11,8 @@ Each target is one module with the same small surface:
 * ``describe(path) -> dict`` -- op and delegation summary for ``inspect``.
 
 ``SUPPORT`` is the one table of which recipes each target supports: the CLI's choices, the
-tests' parametrization and the README all read it.
+tests' parametrization and the README all read it. ``REWRITES`` says which graph rewrites
+(``edge_convnext.rewrites``, logits unchanged) the pipeline applies before lowering to each.
 """
 
 from __future__ import annotations
@@ -34,6 +35,29 @@ SUPPORT: dict[str, tuple[str, ...]] = {
     "tflite": ("fp32", "w8a8", "w8a8-qat", "int8-full"),
     "coreml": ("fp32", "fp16", "w8", "w4", "palette4", "palette6"),
 }
+
+# Portable: ops every converter lowers. XNNPACK (ExecuTorch, LiteRT on CPU): blocks in NCHW with
+# 1x1 convs, LayerNorm as 1x1-conv means, 7x7 depthwise split to <=25 taps, pooled head: the
+# whole network becomes one delegate partition with no transposes (bench/FINDINGS.md).
+PORTABLE_REWRITES = ("head-layernorm-eps", "grn-sum-squares")
+XNNPACK_REWRITES = PORTABLE_REWRITES + (
+    "split-depthwise-conv",
+    "pointwise-conv-blocks",
+    "channels-first-layernorm",
+    "pooled-head",
+)
+REWRITES: dict[str, tuple[str, ...]] = {
+    "executorch": XNNPACK_REWRITES,
+    "tflite": XNNPACK_REWRITES,
+    "coreml": PORTABLE_REWRITES,
+}
+# Recipes for NPUs rather than XNNPACK keep the portable graph, whose LayerNorm ops they know.
+PORTABLE_RECIPES = frozenset({"int8-full"})
+
+
+def rewrites_for(target: str, recipe: str) -> tuple[str, ...]:
+    """The rewrites the pipeline applies before lowering ``recipe`` to ``target``."""
+    return PORTABLE_REWRITES if recipe in PORTABLE_RECIPES else REWRITES[target]
 
 
 def get(name: str) -> ModuleType:

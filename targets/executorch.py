@@ -105,19 +105,19 @@ def quantization_scheme(
     recipe: Recipe, qat: bool = False, keep_float: tuple[str, ...] | list[str] = ()
 ) -> PT2EScheme:
     """XNNPACK's PT2E quantizer for ``recipe``: per-channel symmetric int8 weights, per-tensor
-    int8 activations (the configuration XNNPACK's int8 kernels take)."""
+    int8 activations (the configuration XNNPACK's int8 kernels take), on the recipe's ``layers``
+    minus ``keep_float``."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
     from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
-    from edge_convnext.quantize.ptq import outside_modules
+    from edge_convnext.quantize.ptq import layer_filter
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     quantizer = XNNPACKQuantizer().set_global(config)
-    if keep_float:  # layers the sensitivity ranking keeps in float
-        quantizer.set_filter_function(outside_modules(keep_float))
+    quantizer.set_filter_function(layer_filter(recipe.layers, keep_float))
     return Scheme(quantizer, fold_quantize=True)
 
 

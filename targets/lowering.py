@@ -85,7 +85,7 @@ def write_artifact(
         input=manifests.input_spec(contract, loaded.preprocessing),
         output={"name": output_name, "shape": [1, len(loaded.labels)], "kind": "logits"},
         labels=list(loaded.labels),
-        details={"recipe": recipe.to_dict(), **(details or {})},
+        details={"recipe": recipe.to_dict(), "rewrites": list(loaded.rewrites), **(details or {})},
     )
     manifests.write(manifest, final)
     return final

@@ -143,9 +143,9 @@ def export(
         "quantization": quantization,
         "ops": op_counts(artifact),
         # Counted per op type: a w8a8 graph keeps hundreds of float ops between q/dq pairs.
-        "float_ops_between_io": None if float_ops is None else dict(
-            Counter(op.split(":", 1)[1] for op in float_ops)
-        ),
+        "float_ops_between_io": None
+        if float_ops is None
+        else dict(Counter(op.split(":", 1)[1] for op in float_ops)),
         "delegation": delegation(_interpreter(model_content=artifact)),
         "tflite_metadata": {
             "task_library_image_classifier": contract == "app",
@@ -190,7 +190,7 @@ def quantization_scheme(
     )
 
     from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
-    from edge_convnext.quantize.ptq import outside_modules
+    from edge_convnext.quantize.ptq import layer_filter
 
     class ConvNextQuantizer(PT2EQuantizer):
         # litert-torch 0.10's conv+BatchNorm QAT annotators fail under torchao 0.18 (they pass a
@@ -198,14 +198,14 @@ def quantization_scheme(
         STATIC_QAT_ONLY_OPS = ()
 
         def _annotate_all_static_patterns(self, model, quantization_config, filter_fn=None):
-            # litert-torch has no "leave this module float"; add the sensitivity exclusions to
-            # every pattern's filter instead.
+            # litert-torch has no per-module configs; add the recipe's layers and the
+            # sensitivity exclusions to every pattern's filter instead.
             def combined(node):
-                return keep(node) and (filter_fn is None or filter_fn(node))
+                return allow(node) and (filter_fn is None or filter_fn(node))
 
             return super()._annotate_all_static_patterns(model, quantization_config, combined)
 
-    keep = outside_modules(keep_float)
+    allow = layer_filter(recipe.layers, keep_float)
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     quantizer = ConvNextQuantizer().set_global(config)
     return Scheme(quantizer, fold_quantize=False)

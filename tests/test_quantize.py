@@ -80,6 +80,38 @@ def test_ptq_artifact_runs_close_to_float_and_records_calibration(
     assert len(keys) == 4 and set(keys) <= {f"calib_{i}.jpg" for i in range(6)}
 
 
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_w8a8_quantizes_exactly_the_recipe_layers(target, tiny_checkpoints, calib_dir):
+    _require(target)
+    from edge_convnext.quantize.ptq import _innermost_module_path
+
+    loaded = pipeline.prepare_model(
+        str(tiny_checkpoints["convnextv2-tiny-1k-224"]), targets.rewrites_for(target, "w8a8")
+    )
+    recipe = recipes.get("w8a8")
+    quantized = pipeline.calibrate(
+        loaded, recipe, targets.get(target), "app", pipeline.Calibration(calib_dir, 2), False
+    )
+    convolutions = [
+        node
+        for node in quantized.graph.graph.nodes
+        if node.op == "call_function" and "conv" in str(node.target)
+    ]
+    int8 = {
+        _innermost_module_path(node)
+        for node in convolutions
+        if "dequantize" in str(getattr(node.args[1], "target", ""))
+    }
+    float_ = {_innermost_module_path(node) for node in convolutions} - int8
+    suffixes = tuple("." + layer for layer in recipe.layers)
+    assert int8 and all(path.endswith(suffixes) for path in int8)
+    assert {layer for layer in recipe.layers if any(p.endswith("." + layer) for p in int8)} == set(
+        recipe.layers
+    )
+    assert any(".dwconv" in path for path in float_)  # depthwise convs stay float
+    assert not any(path.endswith(suffixes) for path in float_)
+
+
 def test_calibrated_recipe_without_images_is_refused_before_loading(capsys, tmp_path):
     status = cli.main(
         [
@@ -225,10 +257,15 @@ def test_sensitivity_ranks_every_layer_and_keep_float_is_recorded(
 
     weight = torch.randn(8, 4, 3, 3)
     assert 30 < sqnr_db(weight, fake_quantize_weight(weight)) < 60  # int8 ~ 6 dB/bit
-    loaded = pipeline.prepare_model(str(tiny_checkpoints["convnext-tiny-224"]))
+    loaded = pipeline.prepare_model(
+        str(tiny_checkpoints["convnext-tiny-224"]), targets.rewrites_for("executorch", "w8a8")
+    )
     inputs = torch.randn(2, 3, 224, 224)
-    ranking = layer_sensitivity(loaded.module, inputs, progress=False)
-    assert len(ranking) == len(quantizable_layers(loaded.module))
+    layers = recipes.get("w8a8").layers
+    ranking = layer_sensitivity(loaded.module, inputs, layers=layers, progress=False)
+    assert 0 < len(ranking) == len(quantizable_layers(loaded.module, layers))
+    assert len(ranking) < len(quantizable_layers(loaded.module))  # depthwise, norms: not ranked
+    assert all(r.name.endswith(layers) for r in ranking)
     assert [r.sqnr_db for r in ranking] == sorted(r.sqnr_db for r in ranking)
     artifact = pipeline.build(
         str(tiny_checkpoints["convnext-tiny-224"]),

@@ -1,0 +1,56 @@
+"""SmoothQuant-style balancing of the input of each block's ``pwconv2`` before int8 quantization.
+
+The hidden activations of a ConvNeXt block (GELU output in V1; GRN output in V2, where each
+channel gets its own image-dependent gain) differ in range by 10x or more between channels, and
+one per-tensor int8 scale fits none of them well. Balancing divides hidden channel ``c`` by
+``t_c`` and multiplies ``pwconv2``'s input column ``c`` by it (exact in real arithmetic; fp32
+logits move by ~1e-6), with ``t_c = act_c^alpha / w_c^(1-alpha)`` normalized to mean 1: ``act_c``
+is the calibration abs-max of the hidden channel, ``w_c`` the abs-max of the weight column
+(Xiao et al., SmoothQuant, 2023). Needs the ``pointwise-conv-blocks`` rewrite; a no-op without.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from edge_convnext.rewrites import PointwiseConvBlock
+
+
+def blocks(module: nn.Module) -> list[PointwiseConvBlock]:
+    return [block for block in module.modules() if isinstance(block, PointwiseConvBlock)]
+
+
+@torch.no_grad()
+def balance_hidden(module: nn.Module, batches: Sequence[torch.Tensor], alpha: float) -> nn.Module:
+    """A copy of ``module`` with every block's hidden channels balanced on ``batches``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {alpha}")
+    module = copy.deepcopy(module)
+    found = blocks(module)
+    if not found:
+        return module
+    absmax: dict[PointwiseConvBlock, torch.Tensor] = {}
+
+    def recorder(block: PointwiseConvBlock):
+        def record(_conv, inputs):
+            seen = inputs[0].abs().amax(dim=(0, 2, 3))
+            absmax[block] = torch.maximum(absmax.get(block, seen), seen)
+
+        return record
+
+    handles = [block.pwconv2.register_forward_pre_hook(recorder(block)) for block in found]
+    try:
+        for batch in batches:
+            module(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for block in found:
+        weight = block.pwconv2.weight.abs().amax(dim=(0, 2, 3))
+        scale = absmax[block].clamp(min=1e-6).pow(alpha) / weight.clamp(min=1e-6).pow(1 - alpha)
+        block.balance_hidden((scale / scale.mean()).clamp(min=1e-2))
+    return module
