@@ -1,6 +1,6 @@
 """Check that the delegate rewrites keep fp32 logits within 1e-5 on real photos (both seeds).
 
-Runs every rewrite alone and the full delegate set (``bench.speed.DELEGATE_REWRITES``) on top of
+Runs every rewrite alone and the full delegate set (``targets.XNNPACK_REWRITES``) on top of
 the default rewrites, on seeded models whose blocks matter
 (:func:`edge_convnext.testing.nontrivial_model`), and reports the max abs logit difference.
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_convnext import rewrites
+from edge_convnext import rewrites, targets
 from edge_convnext.preprocess import Preprocessing, find_images, load_crop, normalize
 from edge_convnext.seeds import SEEDS
 from edge_convnext.testing import nontrivial_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import DEFAULT_DATA, DELEGATE_REWRITES  # noqa: E402
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample" / "val"
+DELEGATE_REWRITES = targets.XNNPACK_REWRITES
 
 TOLERANCE = 1e-5
 

@@ -6,13 +6,11 @@ LiteRT .tflite; ONNX Runtime fp32 and static int8 QDQ as the peer), times batch-
 and cosine vs eager fp32 on real images not used for calibration, and writes JSON + Markdown to
 ``bench/results/``.
 
-``--rewrites delegate`` (default) lowers the model after the delegate rewrites of
-:mod:`edge_convnext.rewrites` and quantizes only the pointwise convs (see ``bench/FINDINGS.md``);
-``--rewrites default`` reproduces the earlier probe (default rewrites, whole-graph quantizers).
-Eager PyTorch and ONNX Runtime always run the model with the default rewrites only.
-
-The export code is deliberately small: ``VARIANTS`` maps a name to a build function, so the
-toolkit's own target modules can replace them later.
+The ``.pte`` and ``.tflite`` files are what ``edge-convnext export`` writes (``pipeline.build``,
+``float-nchw`` contract, recipes ``fp32`` and ``w8a8`` calibrated on the first ``--calib``
+images) run by the toolkit's own runners. ``--rewrites portable`` exports them without the
+XNNPACK rewrites (``targets.REWRITES``), to measure what those buy (``bench/FINDINGS.md``).
+Eager PyTorch and ONNX Runtime run the model with the portable rewrites only.
 
     python bench/speed.py --seed-model convnext-tiny-224 --threads 2 --calib 32 --rounds 20
 """
@@ -38,18 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "imagenet-sample" / "val"
 RESULTS = REPO / "bench" / "results"
 
-# The delegate rewrites, applied after the default ones (order does not matter).
-DELEGATE_REWRITES = (
-    "head-layernorm-eps",
-    "grn-sum-squares",
-    "split-depthwise-conv",
-    "pointwise-conv-blocks",
-    "channels-first-layernorm",
-    "pooled-head",
-)
-# Module paths (suffixes) of the layers the int8 recipes quantize after the delegate rewrites.
-INT8_LAYERS = (".pwconv1", ".pwconv2")
-
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -58,22 +44,20 @@ class Context:
     """What every build function gets."""
 
     seed_model: str
-    rewrites: str  # "delegate" | "default"
+    rewrites: str  # "target" (targets.REWRITES) | "portable" (targets.PORTABLE_REWRITES)
     threads: int
-    reference: object  # torch module, default rewrites (what eager PyTorch runs)
-    lowered: object  # torch module to export (delegate or default rewrites)
-    calibration: np.ndarray  # float32 (N, 3, H, W)
+    reference: object  # torch module, portable rewrites (what eager PyTorch runs)
+    checkpoint: Path  # save_pretrained directory of the same weights, for pipeline.build
+    calibration_dir: Path  # the calibration images (the first --calib), ImageFolder layout
+    calibration: np.ndarray  # the same images, float32 (N, 3, H, W), for ONNX Runtime
     workdir: Path
-    grn_alpha: float | None = 0.5  # GRN output balancing before int8 (None: off)
-    _int8_source: object = None
 
-    def int8_source(self):
-        """The module the int8 variants calibrate: ``lowered``, GRN outputs balanced (V2)."""
-        if self._int8_source is None:
-            self._int8_source = self.lowered
-            if self.rewrites == "delegate" and self.grn_alpha is not None:
-                self._int8_source = balance_grn(self.lowered, self.calibration, self.grn_alpha)
-        return self._int8_source
+    def rewrite_names(self, target: str, recipe: str) -> tuple[str, ...]:
+        from edge_convnext import targets
+
+        if self.rewrites == "target":
+            return targets.rewrites_for(target, recipe)
+        return targets.PORTABLE_REWRITES
 
 
 @dataclass
@@ -82,104 +66,6 @@ class Variant:
 
     run: Runner
     details: dict = field(default_factory=dict)
-
-
-# --- quantization --------------------------------------------------------------------------
-
-
-def _int8_layer_filter(node) -> bool:
-    """PT2E annotation filter: only convs/linears inside the modules named in INT8_LAYERS.
-
-    Weight and bias (get_attr) nodes carry no module stack, so everything that is not a call
-    passes; the annotators call the filter on every node of a pattern.
-    """
-    if node.op != "call_function":
-        return True
-    stack = node.meta.get("nn_module_stack")
-    return bool(stack) and list(stack.values())[-1][0].endswith(INT8_LAYERS)
-
-
-def balance_grn(module, calibration: np.ndarray, alpha: float):
-    """SmoothQuant-style balancing of V2's GRN outputs (the input of ``pwconv2``), on a copy.
-
-    Per input channel c of pwconv2: ``t_c = act_c^alpha / w_c^(1-alpha)`` normalised to mean
-    1, with ``act_c`` the calibration abs-max of the GRN output and ``w_c`` the abs-max of
-    pwconv2's weight column; the GRN output is divided by t, the weights multiplied
-    (:meth:`PointwiseConvBlock.balance_grn_output`), exact up to fp32 rounding. No-op for V1.
-    """
-    import copy
-
-    import torch
-
-    from edge_convnext.rewrites import PointwiseConvBlock
-
-    module = copy.deepcopy(module)
-    blocks = [
-        b for b in module.modules() if isinstance(b, PointwiseConvBlock) and b.grn is not None
-    ]
-    if not blocks:
-        return module
-    absmax: dict = {}
-
-    def record(block):
-        def hook(_module, inputs):
-            seen = inputs[0].abs().amax(dim=(0, 2, 3))
-            absmax[block] = torch.maximum(absmax.get(block, seen), seen)
-
-        return hook
-
-    handles = [b.pwconv2.register_forward_pre_hook(record(b)) for b in blocks]
-    with torch.no_grad():
-        for image in calibration:
-            module(torch.from_numpy(image[None]))
-    for handle in handles:
-        handle.remove()
-    for block in blocks:
-        weight = block.pwconv2.weight.detach().abs().amax(dim=(0, 2, 3))
-        scale = absmax[block].pow(alpha) / weight.pow(1 - alpha)
-        block.balance_grn_output((scale / scale.mean()).clamp(min=1e-2))
-    return module
-
-
-def _calibrate(module, calibration: np.ndarray, quantizer, fold_quantize: bool):
-    import torch
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    example = torch.from_numpy(calibration[:1])
-    prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
-    with torch.no_grad():
-        for image in calibration:
-            prepared(torch.from_numpy(image[None]))
-    return convert_pt2e(prepared, fold_quantize=fold_quantize)
-
-
-def xnnpack_int8_quantizer(rewrites: str):
-    """ExecuTorch recipe: static int8, per-channel symmetric weights, per-tensor activations."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-
-    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-    quantizer = XNNPACKQuantizer().set_global(config)
-    if rewrites == "delegate":
-        quantizer.set_filter_function(_int8_layer_filter)
-    return quantizer
-
-
-def litert_int8_quantizer(rewrites: str):
-    """LiteRT recipe: litert-torch's PT2EQuantizer, same scheme, same layer filter."""
-    from litert_torch.quantize import pt2e_quantizer as litert_pt2e
-
-    class PointwiseOnlyQuantizer(litert_pt2e.PT2EQuantizer):
-        """Annotates the global static config only where ``_int8_layer_filter`` holds."""
-
-        def _annotate_for_static_quantization_config(self, model):
-            return self._annotate_all_static_patterns(model, self.global_config, _int8_layer_filter)
-
-    cls = PointwiseOnlyQuantizer if rewrites == "delegate" else litert_pt2e.PT2EQuantizer
-    config = litert_pt2e.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-    return cls().set_global(config)
 
 
 # --- variants ------------------------------------------------------------------------------
@@ -195,122 +81,62 @@ def build_eager(ctx: Context) -> Variant:
     return Variant(run, {"runtime": f"torch {torch.__version__}"})
 
 
-def _pte(ctx: Context, module, name: str) -> Variant:
-    import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.devtools.backend_debug import get_delegation_info
-    from executorch.exir import to_edge_transform_and_lower
-    from executorch.extension.pybindings import portable_lib
+def _artifact(ctx: Context, target: str, recipe: str) -> Variant:
+    """``pipeline.build`` (what ``edge-convnext export`` writes), run by the target's runner."""
+    from edge_convnext import manifest, pipeline, targets
 
-    example = torch.from_numpy(ctx.calibration[:1])
-    edge = to_edge_transform_and_lower(
-        torch.export.export(module, (example,)), partitioner=[XnnpackPartitioner()]
+    path = pipeline.build(
+        str(ctx.checkpoint),
+        target,
+        recipe,
+        ctx.workdir / f"{target}-{recipe}",
+        contract="float-nchw",
+        calibration=pipeline.Calibration(ctx.calibration_dir, len(ctx.calibration)),
+        rewrite_names=ctx.rewrite_names(target, recipe),
+        progress=False,
     )
-    info = get_delegation_info(edge.exported_program().graph_module)
-    path = ctx.workdir / f"{name}.pte"
-    path.write_bytes(edge.to_executorch().buffer)
-    portable_lib._unsafe_reset_threadpool(ctx.threads)
-    program = portable_lib._load_for_executorch(str(path))
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return program.forward((torch.from_numpy(batch),))[0].numpy()
-
-    fallback = {
-        k: v.non_delegated for k, v in info.delegation_by_operator.items() if v.non_delegated
+    runner = targets.get(target).load(path, threads=ctx.threads)
+    details = manifest.read(path).details
+    facts = {
+        "artifact": path.name,
+        "bytes": manifest.size_of(path),
+        "rewrites": details["rewrites"],
+        **_structure_facts(target, path, details),
     }
-    details = {
-        "runtime": f"executorch {_version('executorch')} XNNPACK",
-        "bytes": path.stat().st_size,
-        "delegate_partitions": info.num_delegated_subgraphs,
-        "delegated_nodes": info.num_delegated_nodes,
-        "non_delegated_nodes": info.num_non_delegated_nodes,
-        "non_delegated_ops": fallback,
+    return Variant(runner.run_contract_input, facts)
+
+
+def _structure_facts(target: str, path: Path, details: dict) -> dict:
+    if target == "executorch":
+        delegation = details["delegation"]
+        return {
+            "runtime": f"executorch {_version('executorch')} XNNPACK",
+            "delegate_partitions": delegation["delegated_subgraphs"],
+            "non_delegated_ops": delegation["not_delegated_ops"],
+        }
+    return {
+        "runtime": f"ai-edge-litert {_version('ai-edge-litert')} "
+        f"(litert-torch {_version('litert-torch')})",
+        "xnnpack_partitions": details["delegation"].get("delegate_kernels"),
+        "not_delegated_ops": details["delegation"].get("cpu_fallback"),
+        "ops": details["ops"],
     }
-    return Variant(run, details)
 
 
 def build_pte_fp32(ctx: Context) -> Variant:
-    return _pte(ctx, ctx.lowered, "pte-fp32")
+    return _artifact(ctx, "executorch", "fp32")
 
 
 def build_pte_int8(ctx: Context) -> Variant:
-    quantizer = xnnpack_int8_quantizer(ctx.rewrites)
-    quantized = _calibrate(ctx.int8_source(), ctx.calibration, quantizer, True)
-    return _pte(ctx, quantized, "pte-int8")
-
-
-def _tflite(ctx: Context, module, name: str, quant_config=None) -> Variant:
-    import litert_torch
-    import torch
-    from ai_edge_litert.interpreter import Interpreter
-
-    example = torch.from_numpy(ctx.calibration[:1])
-    path = ctx.workdir / f"{name}.tflite"
-    path.write_bytes(
-        litert_torch.convert(module, (example,), quant_config=quant_config).model_content()
-    )
-    interpreter = Interpreter(model_path=str(path), num_threads=ctx.threads)
-    interpreter.allocate_tensors()
-    source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(source["index"], _to_tensor_type(batch, source))
-        interpreter.invoke()
-        return _from_tensor_type(interpreter.get_tensor(sink["index"]), sink)
-
-    details = {
-        "runtime": f"ai-edge-litert {_version('ai-edge-litert')} "
-        f"(litert-torch {_version('litert-torch')})",
-        "bytes": path.stat().st_size,
-        "input_dtype": np.dtype(source["dtype"]).name,
-        "ops": tflite_op_counts(path.read_bytes()),
-    }
-    return Variant(run, details)
-
-
-def _to_tensor_type(batch: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] == np.float32:
-        return batch
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(detail["dtype"])
-    return np.clip(np.round(batch / scale) + zero_point, info.min, info.max).astype(detail["dtype"])
-
-
-def _from_tensor_type(tensor: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] == np.float32:
-        return tensor.copy()
-    scale, zero_point = detail["quantization"]
-    return (tensor.astype(np.float32) - zero_point) * scale
-
-
-def tflite_op_counts(flatbuffer: bytes) -> dict[str, int]:
-    """Builtin operator counts of the main subgraph of a .tflite flatbuffer."""
-    from collections import Counter
-
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        codes.append(names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())])
-    graph = model.Subgraphs(0)
-    return dict(
-        Counter(codes[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength()))
-    )
+    return _artifact(ctx, "executorch", "w8a8")
 
 
 def build_tflite_fp32(ctx: Context) -> Variant:
-    return _tflite(ctx, ctx.lowered, "tflite-fp32")
+    return _artifact(ctx, "tflite", "fp32")
 
 
 def build_tflite_int8(ctx: Context) -> Variant:
-    from litert_torch.quantize.quant_config import QuantConfig
-
-    quantizer = litert_int8_quantizer(ctx.rewrites)
-    quantized = _calibrate(ctx.int8_source(), ctx.calibration, quantizer, fold_quantize=False)
-    return _tflite(ctx, quantized, "tflite-int8", QuantConfig(pt2e_quantizer=quantizer))
+    return _artifact(ctx, "tflite", "w8a8")
 
 
 def _onnx_fp32(ctx: Context) -> Path:
@@ -446,9 +272,20 @@ def agreement(variant: Variant, images: np.ndarray, reference: np.ndarray) -> di
     cosine = np.sum(logits * reference, 1) / (
         np.linalg.norm(logits, axis=1) * np.linalg.norm(reference, axis=1)
     )
+    ranked = np.sort(reference, axis=1)
+    margin = ranked[:, -1] - ranked[:, -2]  # fp32 top-1 minus top-2 logit
+    confident = margin >= np.median(margin)
+    agree = logits.argmax(1) == reference.argmax(1)
     return {
-        "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+        "top1_agreement": float(np.mean(agree)),
+        # Seeded weights put many images within a hair of a tie; agreement where the fp32
+        # margin is in the upper half separates quantization error from coin flips.
+        "top1_agreement_upper_half_margin": float(np.mean(agree[confident])),
+        "fp32_median_margin": float(np.median(margin)),
         "cosine_mean": float(cosine.mean()),
+        "snr_db": float(
+            10 * np.log10(np.sum(reference**2) / max(np.sum((logits - reference) ** 2), 1e-30))
+        ),
         "cosine_min": float(cosine.min()),
         "max_abs_diff": float(np.abs(logits - reference).max()),
     }
@@ -468,14 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-round", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--eval", type=int, default=0, help="held-out images to score (0: all)")
-    parser.add_argument("--rewrites", choices=("delegate", "default"), default="delegate")
     parser.add_argument(
-        "--grn-alpha",
-        type=float,
-        default=0.5,
-        help="V2: balance GRN outputs before int8 with this SmoothQuant alpha",
+        "--rewrites",
+        choices=("target", "portable"),
+        default="target",
+        help="target: each target's rewrites (targets.REWRITES, what export does); portable: "
+        "only the portable ones, to measure what the XNNPACK rewrites buy",
     )
-    parser.add_argument("--no-grn-balance", action="store_true")
     parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),
@@ -487,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from edge_convnext import rewrites
+    from edge_convnext.preprocess import find_images
     from edge_convnext.testing import nontrivial_model
 
     torch.set_num_threads(args.threads)
@@ -501,22 +338,22 @@ def main(argv: list[str] | None = None) -> int:
     calibration, held_out = images[: args.calib], images[args.calib :]
     if args.eval:
         held_out = held_out[: args.eval]
-    original = nontrivial_model(args.seed_model).module
-    reference = rewrites.apply(original).eval()
-    lowered_names = DELEGATE_REWRITES if args.rewrites == "delegate" else rewrites.DEFAULT
-    lowered = rewrites.apply(original, lowered_names).eval()
+    seeded = nontrivial_model(args.seed_model)
+    reference = rewrites.apply(seeded.module).eval()
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="edge-convnext-bench-") as workdir:
+        workdir = Path(workdir)
+        seeded.hf_model.save_pretrained(workdir / args.seed_model)
         ctx = Context(
             args.seed_model,
             args.rewrites,
             args.threads,
             reference,
-            lowered,
+            workdir / args.seed_model,
+            _link_images(find_images(args.data)[: args.calib], args.data, workdir / "calibration"),
             calibration,
-            Path(workdir),
-            grn_alpha=None if args.no_grn_balance else args.grn_alpha,
+            workdir,
         )
         variants: dict[str, Variant] = {}
         for name in names:
@@ -553,9 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "seed_model": args.seed_model,
         "rewrites": args.rewrites,
-        "lowered_rewrites": list(lowered_names),
         "threads": args.threads,
-        "grn_balance_alpha": None if args.no_grn_balance else args.grn_alpha,
         "calibration_images": len(calibration),
         "held_out_images": len(held_out),
         "rounds": args.rounds,
@@ -587,19 +422,26 @@ def markdown_table(result: dict) -> str:
         f"{result['load_avg_timing_start'][0]:.2f} / {result['load_avg_timing_end'][0]:.2f}; "
         f"{result['rounds']} rounds x {result['per_round']}; agreement on "
         f"{result['held_out_images']} held-out images (calibration: first "
-        f"{result['calibration_images']}).",
+        f"{result['calibration_images']}); fp32 median top-1 margin "
+        f"{result['results'][0]['fp32_median_margin']:.3f} logit.",
         "",
-        "| variant | median ms | p90 ms | vs eager fp32 | top-1 agree | cosine mean | cosine min |"
-        " partitions / ops |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | median ms | p90 ms | vs eager fp32 | size MB | top-1 agree "
+        "| agree, upper-half margin | cosine mean | cosine min | partitions / ops |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in result["results"]:
         lines.append(
             f"| {row['variant']} | {row['median_ms']:.1f} | {row['p90_ms']:.1f} | "
-            f"{row['speedup_vs_eager']:.2f}x | {100 * row['top1_agreement']:.1f}% | "
+            f"{row['speedup_vs_eager']:.2f}x | {_megabytes(row['details'])} | "
+            f"{100 * row['top1_agreement']:.1f}% | "
+            f"{100 * row['top1_agreement_upper_half_margin']:.1f}% | "
             f"{row['cosine_mean']:.6f} | {row['cosine_min']:.6f} | {_structure(row['details'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _megabytes(details: dict) -> str:
+    return f"{details['bytes'] / 1e6:.1f}" if "bytes" in details else ""
 
 
 def _structure(details: dict) -> str:
@@ -612,10 +454,20 @@ def _structure(details: dict) -> str:
     if "ops" in details:
         ops = details["ops"]
         return (
-            f"{sum(ops.values())} ops, QUANTIZE {ops.get('QUANTIZE', 0)}, "
-            f"DEQUANTIZE {ops.get('DEQUANTIZE', 0)}, input {details['input_dtype']}"
+            f"{details['xnnpack_partitions']} XNNPACK partition(s), {sum(ops.values())} ops, "
+            f"QUANTIZE {ops.get('QUANTIZE', 0)}, DEQUANTIZE {ops.get('DEQUANTIZE', 0)}, "
+            f"fallback {details['not_delegated_ops'] or 'none'}"
         )
     return ""
+
+
+def _link_images(paths: list[Path], root: Path, folder: Path) -> Path:
+    """``folder`` holding links to ``paths`` in their layout under ``root`` (classes kept)."""
+    for path in paths:
+        link = folder / Path(path).relative_to(root)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(path).resolve())
+    return folder
 
 
 def _version(distribution: str) -> str:
