@@ -356,11 +356,18 @@ def main(argv: list[str] | None = None) -> int:
             workdir,
         )
         variants: dict[str, Variant] = {}
+        failed: dict[str, str] = {}
         for name in names:
             started = time.perf_counter()
             print(f"building {name} ...", file=sys.stderr, flush=True)
-            variants[name] = VARIANTS[name](ctx)
+            try:
+                variants[name] = VARIANTS[name](ctx)
+            except Exception as error:  # noqa: BLE001 - a variant that cannot be built is a result
+                failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+                print(f"  {name} failed: {failed[name]}", file=sys.stderr, flush=True)
+                continue
             variants[name].details["build_s"] = round(time.perf_counter() - started, 1)
+        names = [name for name in names if name in variants]
         load_start = os.getloadavg()
         samples = time_variants(variants, held_out[:1], args.warmup, args.rounds, args.per_round)
         load_end = os.getloadavg()
@@ -402,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "when": datetime.datetime.now().isoformat(timespec="seconds"),
         "results": rows,
+        "failed": failed,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"speed-{args.seed_model}-{args.rewrites}-t{args.threads}"
@@ -437,6 +445,8 @@ def markdown_table(result: dict) -> str:
             f"{100 * row['top1_agreement_upper_half_margin']:.1f}% | "
             f"{row['cosine_mean']:.6f} | {row['cosine_min']:.6f} | {_structure(row['details'])} |"
         )
+    for name, reason in result.get("failed", {}).items():
+        lines.append(f"| {name} | failed: {reason} |||||||||")
     return "\n".join(lines) + "\n"
 
 

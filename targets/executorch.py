@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_convnext import manifest as manifests
-from edge_convnext.errors import EdgeConvnextError
+from edge_convnext.errors import EdgeConvnextError, UnsupportedError
 from edge_convnext.manifest import DEFAULT_CONTRACT
 
 from . import check_supported
@@ -93,6 +93,7 @@ def export(
     example = lowering.example_input(contract, model.preprocessing)
     start = time.perf_counter()
     buffer, details = _lower(_export_program(module, example))
+    _check_runs(buffer, example, where=f"{model.name} {recipe.name} ({contract})")
     if quantized:
         details["quantization"] = quantized.details
     details["export_seconds"] = round(time.perf_counter() - start, 2)
@@ -146,6 +147,23 @@ def _lower(program: ExportedProgram) -> tuple[bytes, dict]:
         "delegation": delegation,
     }
     return bytes(executorch_program.buffer), details
+
+
+def _check_runs(buffer: bytes, example, where: str) -> None:
+    """Run the lowered program once, so a file XNNPACK cannot execute is never written.
+
+    XNNPACK validates shapes and quantization parameters only when it runs the program (e.g.
+    int8 linears on the portable graph's permuted 4-D tensors fail there).
+    """
+    from executorch.extension.pybindings import portable_lib
+
+    try:
+        portable_lib._load_for_executorch_from_buffer(buffer).forward((example,))
+    except RuntimeError as error:
+        raise UnsupportedError(
+            f"ExecuTorch cannot run the lowered {where} ({error}); nothing was written. The "
+            "target's own rewrites (no --rewrites) lower every supported recipe."
+        ) from None
 
 
 def _delegation_summary(graph_module) -> dict:

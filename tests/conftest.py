@@ -122,3 +122,16 @@ def full_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Full-size ConvNeXt-T of both seeds (28M params each), saved as safetensors."""
     root = tmp_path_factory.mktemp("full_checkpoints")
     return {name: save_checkpoint(root / name, name) for name in SEED_NAMES}
+
+
+@pytest.fixture(scope="module")
+def photo_batch():
+    """The real photos and two textured images as one normalized float32 NCHW torch batch."""
+    import torch
+
+    from edge_convnext.preprocess import Preprocessing, load_crop, normalize, resize_and_crop
+
+    recipe = Preprocessing()
+    crops = [load_crop(p, recipe) for p in real_images()]
+    crops += [resize_and_crop(textured_image(s), recipe) for s in range(2)]
+    return torch.from_numpy(normalize(np.stack(crops), recipe))

@@ -279,3 +279,23 @@ def test_sensitivity_ranks_every_layer_and_keep_float_is_recorded(
     assert len(details["float_layers"]) == 2 and len(details["sensitivity"]) == len(ranking)
     assert details["float_layers"] == [r["name"] for r in details["sensitivity"][:2]]
     assert np.isfinite(open_runner(str(artifact))(_crops()[:1])).all()
+
+
+def test_a_program_executorch_cannot_run_is_refused_and_nothing_is_written(
+    tiny_checkpoints, calib_dir, tmp_path
+):
+    # int8 linears on the portable graph's permuted 4-D tensors lower, but XNNPACK rejects them
+    # when it runs: export runs the program once before writing.
+    _require("executorch")
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedError, match="ExecuTorch cannot run the lowered"):
+        pipeline.build(
+            str(tiny_checkpoints["convnext-tiny-224"]),
+            "executorch",
+            "w8a8",
+            out,
+            calibration=pipeline.Calibration(calib_dir, 2),
+            rewrite_names=targets.PORTABLE_REWRITES,
+            progress=False,
+        )
+    assert not out.exists() or not list(out.iterdir())

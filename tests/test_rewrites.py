@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import SEED_NAMES, real_images, textured_image
+from conftest import SEED_NAMES
 
 from edge_convnext import rewrites
 from edge_convnext.errors import UnsupportedError
-from edge_convnext.preprocess import Preprocessing, load_crop, normalize, resize_and_crop
 from edge_convnext.testing import nontrivial_model
-
-
-@pytest.fixture(scope="module")
-def photo_batch() -> torch.Tensor:
-    recipe = Preprocessing()
-    crops = [load_crop(p, recipe) for p in real_images()]
-    crops += [resize_and_crop(textured_image(s), recipe) for s in range(2)]
-    return torch.from_numpy(normalize(np.stack(crops), recipe))
 
 
 @pytest.mark.slow

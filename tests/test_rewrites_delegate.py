@@ -7,14 +7,12 @@ LayerNorm, no permutes and no depthwise conv too large for XNNPACK's DWConv kern
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import SEED_NAMES, TINY, real_images, textured_image
+from conftest import SEED_NAMES, TINY
 from torch import nn
 
 from edge_convnext import rewrites, targets
-from edge_convnext.preprocess import Preprocessing, load_crop, normalize, resize_and_crop
 from edge_convnext.testing import nontrivial_model
 
 DELEGATE = targets.XNNPACK_REWRITES
@@ -25,14 +23,6 @@ def test_every_target_lowers_known_rewrites_and_the_portable_ones_first():
         rewrites.check(names)
         assert names[: len(rewrites.DEFAULT)] == rewrites.DEFAULT, target
     assert targets.PORTABLE_REWRITES == rewrites.DEFAULT
-
-
-@pytest.fixture(scope="module")
-def photo_batch() -> torch.Tensor:
-    recipe = Preprocessing()
-    crops = [load_crop(p, recipe) for p in real_images()]
-    crops += [resize_and_crop(textured_image(s), recipe) for s in range(2)]
-    return torch.from_numpy(normalize(np.stack(crops), recipe))
 
 
 @pytest.mark.parametrize("kernel", [7, 9, 11])
