@@ -230,9 +230,9 @@ class PointwiseConvBlock(nn.Module):
 
     ``x + pwconv2(grn(act(pwconv1(norm(dwconv(x))))))``: no permutes; the LayerNorm affine is
     folded into ``pwconv1``, the layer scale (V1) and GRN ``beta`` (V2) into ``pwconv2``; the
-    norm is a :class:`ChannelNorm` and V2's GRN a :class:`GRNScale`. XNNPACK then runs the whole
-    network in NHWC with no transposes, and quantizers can target ``pwconv1``/``pwconv2`` (97%
-    of the MACs) by name. Inference only (drop-path is dropped).
+    norm is a :class:`ChannelNorm` and V2's GRN a :class:`GRNScale`. XNNPACK then takes the
+    whole network as one partition, and quantizers can target ``pwconv1``/``pwconv2`` (97% of
+    the MACs) by name. Inference only (drop-path is dropped).
     """
 
     def __init__(self, layer: nn.Module):

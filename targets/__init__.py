@@ -38,7 +38,7 @@ SUPPORT: dict[str, tuple[str, ...]] = {
 
 # Portable: ops every converter lowers. XNNPACK (ExecuTorch, LiteRT on CPU): blocks in NCHW with
 # 1x1 convs, LayerNorm as 1x1-conv means, 7x7 depthwise split to <=25 taps, pooled head: the
-# whole network becomes one delegate partition with no transposes (bench/FINDINGS.md).
+# whole network becomes one delegate partition with no CPU fallback (bench/FINDINGS.md).
 PORTABLE_REWRITES = ("head-layernorm-eps", "grn-sum-squares")
 XNNPACK_REWRITES = PORTABLE_REWRITES + (
     "split-depthwise-conv",

@@ -4,9 +4,10 @@ Flow (ExecuTorch's documented XNNPACK lowering, docs "XNNPACK Backend"):
 ``torch.export.export(module, (example,))`` ->
 ``executorch.exir.to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])`` ->
 ``.to_executorch()`` -> ``.buffer`` written atomically. What the XNNPACK partitioner does not take
-stays in the program as calls to ExecuTorch's CPU kernels between delegate calls: in ConvNeXt every
-``native_layer_norm`` and the head's ``mean`` (no ``keepdim``); in V2 also GRN's ``sum``,
-``pow(0.5)`` and channel ``mean``. :func:`describe` reports both sides from the ``.pte`` alone.
+stays in the program as calls to ExecuTorch's CPU kernels between delegate calls: on the portable
+graph every ``native_layer_norm`` and the head's ``mean`` (no ``keepdim``), in V2 also GRN's
+``sum`` and ``mean``. The pipeline therefore lowers the graph after ``targets.XNNPACK_REWRITES``,
+which XNNPACK takes whole. :func:`describe` reports both sides from the ``.pte`` alone.
 
 Runner: ``executorch.runtime.Runtime.get().load_program(path).load_method("forward")`` once, then
 ``method.execute([tensor])`` per image. The Python runtime (pybindings) takes and returns
