@@ -12,9 +12,10 @@ shape; a float NHWC contract would add nothing an app uses); "float-nchw" is ``f
 informational).
 
 Recipes: ``fp32``; ``w8a8``/``w8a8-qat`` from a PT2E graph quantized with litert-torch's quantizer
-(convolutions and linears int8, LayerNorm/GELU float); ``int8-full`` quantizes the converted fp32
-flatbuffer with ai-edge-quantizer instead (``tflite_integer``: every op int8, integer I/O, for
-NPU / Edge-TPU-style delegates), calibrated here on the images the pipeline passes.
+(the recipe's ``layers`` int8, the rest float in the same XNNPACK partition); ``int8-full``
+quantizes the converted fp32 flatbuffer with ai-edge-quantizer instead (``tflite_integer``: every
+op int8, integer I/O, for NPU / Edge-TPU-style delegates), calibrated here on the images the
+pipeline passes.
 
 Device side (:func:`load`, :func:`describe`) needs only ``ai-edge-litert`` (or
 ``tflite-runtime``) and numpy: the runner builds one ``Interpreter`` (XNNPACK applied by
