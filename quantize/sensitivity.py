@@ -75,6 +75,7 @@ def layer_sensitivity(
     Args:
         model: float model (any input contract); not modified.
         inputs: a batch of calibration inputs in the model's contract.
+        layers: only rank modules whose path ends with one of these (a recipe's ``layers``).
         progress: show a progress bar.
 
     Returns:
@@ -82,10 +83,12 @@ def layer_sensitivity(
     """
     model = model.eval()
     reference = model(inputs)
-    layers = quantizable_layers(model, layers)
-    ranges = _input_ranges(model, layers, inputs)
+    candidates = quantizable_layers(model, layers)
+    ranges = _input_ranges(model, candidates, inputs)
     results = []
-    for name, layer in bar(layers, enabled=progress, desc="sensitivity", unit="layer", leave=False):
+    for name, layer in bar(
+        candidates, enabled=progress, desc="sensitivity", unit="layer", leave=False
+    ):
         original = layer.weight.data.clone()
         layer.weight.data = fake_quantize_weight(original)
         low, high = ranges[name]
