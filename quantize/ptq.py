@@ -63,25 +63,27 @@ def layer_filter(
     a pattern, so a conv is quantized only if its own node passes.
     """
     outside_kept = outside_modules(keep_float)
-    suffixes = tuple("." + layer for layer in layers)
 
     def allow(node: torch.fx.Node) -> bool:
         if node.op != "call_function":
             return True
-        if not outside_kept(node):
-            return False
-        return not suffixes or _innermost_module_path(node).endswith(suffixes)
+        return outside_kept(node) and in_layers(_innermost_module_path(node), layers)
 
     return allow
 
 
+def in_layers(module_path: str, layers: Sequence[str]) -> bool:
+    """Whether ``module_path`` ends with one of ``layers`` (whole path parts; empty: any)."""
+    return not layers or ("." + module_path).endswith(tuple("." + layer for layer in layers))
+
+
 def _innermost_module_path(node: torch.fx.Node) -> str:
-    """``.``-prefixed path of the module ``node`` was traced from ("" for top-level code)."""
+    """Path of the module ``node`` was traced from ("" for top-level code)."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return ""
     path, _ = list(stack.values())[-1]
-    return "." + str(path).removeprefix("L['self'].")
+    return str(path).removeprefix("L['self'].")
 
 
 def contract_tensor(crops: np.ndarray, contract: str, preprocessing: Preprocessing) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edge_convnext.progress import bar
+from edge_convnext.quantize.ptq import in_layers
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,10 @@ def quantizable_layers(
     model: nn.Module, layers: tuple[str, ...] = ()
 ) -> list[tuple[str, nn.Module]]:
     """Conv2d/Linear modules, only those whose path ends with one of ``layers`` if given."""
-    suffixes = tuple("." + layer for layer in layers)
     return [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear))
-        and (not suffixes or ("." + name).endswith(suffixes))
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and in_layers(name, layers)
     ]
 
 

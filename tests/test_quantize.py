@@ -98,11 +98,11 @@ def test_w8a8_quantizes_exactly_the_recipe_layers(target, tiny_checkpoints, cali
         if node.op == "call_function" and "conv" in str(node.target)
     ]
     int8 = {
-        _innermost_module_path(node)
+        "." + _innermost_module_path(node)
         for node in convolutions
         if "dequantize" in str(getattr(node.args[1], "target", ""))
     }
-    float_ = {_innermost_module_path(node) for node in convolutions} - int8
+    float_ = {"." + _innermost_module_path(node) for node in convolutions} - int8
     suffixes = tuple("." + layer for layer in recipe.layers)
     assert int8 and all(path.endswith(suffixes) for path in int8)
     assert {layer for layer in recipe.layers if any(p.endswith("." + layer) for p in int8)} == set(
