@@ -108,18 +108,18 @@ def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, prog
     """PTQ with the target's quantizer on calibration images; their keys go to the manifest.
 
     In order: SmoothQuant balancing (``recipe.smoothquant_alpha``), the sensitivity ranking
-    (``--keep-float``), then calibrated quantization of ``recipe.layers`` minus the float ones.
+    (``--keep-float``), GPTQ weight rounding (``recipe.weight_rounding``), then calibrated
+    quantization of ``recipe.layers`` minus the float ones.
     """
+    from .quantize import balance, gptq
     from .quantize.ptq import contract_batches, ptq
     from .targets.lowering import example_input, with_contract
 
+    # Core ML quantizes the bare float-NCHW model and adds the contract's input around it.
+    contract = getattr(target_module, "QUANTIZE_CONTRACT", contract)
     images = calibration_images(loaded, recipe, calibration)
     batches = contract_batches(images.crops, contract, loaded.preprocessing)
-    module = with_contract(loaded, contract)
-    if recipe.smoothquant_alpha is not None:
-        from .quantize.balance import balance_hidden
-
-        module = balance_hidden(module, batches, recipe.smoothquant_alpha)
+    module = balance.for_recipe(with_contract(loaded, contract), recipe, batches)
     ranking = []
     if calibration.keep_float:
         from .quantize.sensitivity import layer_sensitivity
@@ -127,6 +127,7 @@ def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, prog
         probe = torch.cat(batches[:SENSITIVITY_IMAGES])
         ranking = layer_sensitivity(module, probe, layers=recipe.layers, progress=progress)
     float_layers = [layer.name for layer in ranking[: calibration.keep_float]]
+    module = gptq.for_recipe(module, recipe, batches, float_layers, progress)
     quantized = ptq(
         module,
         example_input(contract, loaded.preprocessing),
@@ -137,6 +138,7 @@ def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, prog
     quantized.details["calibration"] = images.manifest_entry()
     if recipe.smoothquant_alpha is not None:
         quantized.details["smoothquant_alpha"] = recipe.smoothquant_alpha
+    quantized.details["weight_rounding"] = recipe.weight_rounding
     if ranking:
         quantized.details["float_layers"] = float_layers
         quantized.details["sensitivity"] = [layer.to_dict() for layer in ranking]

@@ -20,6 +20,22 @@ from torch import nn
 from edge_convnext.rewrites import PointwiseConvBlock
 
 
+def for_recipe(module: nn.Module, recipe, batches: Sequence[torch.Tensor]) -> nn.Module:
+    """``module`` balanced as ``recipe.smoothquant_alpha`` asks (itself when None)."""
+    if recipe.smoothquant_alpha is None:
+        return module
+    return balance_hidden(module, batches, recipe.smoothquant_alpha)
+
+
+def with_identity_balance(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with the structure balancing adds, at scale 1: a balanced model's
+    state dict (e.g. a QAT checkpoint's) loads into it."""
+    module = copy.deepcopy(module)
+    for block in blocks(module):
+        block.balance_hidden(torch.ones(block.pwconv2.in_channels))
+    return module
+
+
 def blocks(module: nn.Module) -> list[PointwiseConvBlock]:
     return [block for block in module.modules() if isinstance(block, PointwiseConvBlock)]
 

@@ -28,10 +28,12 @@ from edge_convnext import atomic
 from edge_convnext.errors import EdgeConvnextError
 from edge_convnext.progress import bar as progress_bar
 
-from .ptq import PT2EScheme, QuantizedGraph, export_for_quantization
+from . import balance, gptq
+from .ptq import PT2EScheme, QuantizedGraph, contract_batches, export_for_quantization
 from .recipes import QATConfig
 
 CHECKPOINT_FORMAT = 1
+START_POINT_IMAGES = 64  # training images that balance and GPTQ-round the starting weights
 
 
 class QATRun:
@@ -43,9 +45,13 @@ class QATRun:
         scheme: the target's PT2E quantizer (in QAT mode) and conversion options.
         config: hyper-parameters.
         device: "cpu" or "cuda".
+        start: the float model the student starts from (:func:`start_point`; default: the
+            teacher).
     """
 
-    def __init__(self, teacher, example, scheme: PT2EScheme, config: QATConfig, device="cpu"):
+    def __init__(
+        self, teacher, example, scheme: PT2EScheme, config: QATConfig, device="cpu", start=None
+    ):
         from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
         self.config = config
@@ -53,7 +59,7 @@ class QATRun:
         self.device = torch.device(device)
         self.teacher = copy.deepcopy(teacher).eval().to(self.device)
         torch.manual_seed(config.seed)
-        graph = export_for_quantization(teacher, example, dynamic_batch=True)
+        graph = export_for_quantization(start or teacher, example, dynamic_batch=True)
         self.student = prepare_qat_pt2e(graph, scheme.quantizer).to(self.device)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.student.parameters() if p.requires_grad],
@@ -119,6 +125,19 @@ class QATRun:
         self.step_index = state["step"]
         self.losses = list(state["losses"])
         torch.set_rng_state(state["torch_rng"])
+
+
+def start_point(teacher, recipe, batches):
+    """The float model QAT starts from: PTQ's SmoothQuant balance and GPTQ-rounded weights, so
+    training starts from what PTQ would ship."""
+    return gptq.for_recipe(balance.for_recipe(teacher, recipe, batches), recipe, batches)
+
+
+def same_structure(teacher, meta: dict):
+    """A model a checkpoint's student state dict loads into (resume, finalize)."""
+    if meta.get("smoothquant_alpha") is None:
+        return teacher
+    return balance.with_identity_balance(teacher)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0):
@@ -210,18 +229,26 @@ def train(
         "data": str(data),
         "images": images,
         "rewrites": list(targets.rewrites_for(target, recipe.name)),
+        "smoothquant_alpha": recipe.smoothquant_alpha,
+        "weight_rounding": recipe.weight_rounding,
     }
     state = _resume_state(Path(out), resume, meta, config)
     loaded = pipeline.prepare_model(
         model_ref, tuple(meta["rewrites"]), random=random_init, seed=model_seed
     )
-    scheme = targets.get(target).quantization_scheme(recipe, qat=True)
-    example = example_input(contract, loaded.preprocessing)
-    run = QATRun(with_contract(loaded, contract), example, scheme, config, device)
-    if state is not None:
-        run.load_state(state)
     training = calibration.load(data, images, loaded.preprocessing, seed=config.seed)
     pool = training.crops
+    scheme = targets.get(target).quantization_scheme(recipe, qat=True)
+    example = example_input(contract, loaded.preprocessing)
+    teacher = with_contract(loaded, contract)
+    if state is None:
+        batches = contract_batches(pool[:START_POINT_IMAGES], contract, loaded.preprocessing)
+        start = start_point(teacher, recipe, batches)
+    else:
+        start = same_structure(teacher, meta)
+    run = QATRun(teacher, example, scheme, config, device, start)
+    if state is not None:
+        run.load_state(state)
     meta = {**meta, "training_images": training.manifest_entry()}  # audits leave them out
     bar = progress_bar(
         None, enabled=progress, total=config.steps, initial=run.step_index, desc="QAT", unit="step"
@@ -260,7 +287,8 @@ def finalize_checkpoint(path: Path, loaded, target: str, recipe, contract: str) 
     config = QATConfig.from_dict(payload["config"])
     scheme = targets.get(target).quantization_scheme(recipe, qat=True)
     example = example_input(contract, loaded.preprocessing)
-    run = QATRun(with_contract(loaded, contract), example, scheme, config)
+    teacher = with_contract(loaded, contract)
+    run = QATRun(teacher, example, scheme, config, start=same_structure(teacher, meta))
     run.load_state(payload)
     quantized = run.finalize()
     quantized.details.update(

@@ -16,6 +16,7 @@ METHODS = ("none", "ptq", "qat")
 WEIGHT_TYPES = ("fp32", "fp16", "int8", "int4", "palette4", "palette6")
 ACTIVATION_TYPES = ("fp32", "fp16", "int8", "int16")
 OBSERVERS = ("minmax", "percentile", "mse")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Recipe:
             The rest runs in float, in the same delegate.
         smoothquant_alpha: balance the channels of each block's ``pwconv2`` input with this
             SmoothQuant alpha before quantizing (``quantize.balance``; exact in float); None: off.
+        weight_rounding: ``nearest`` int8 step, or ``gptq`` (``quantize.gptq``: rounding that
+            minimises each layer's output error on the calibration images).
         description: one line for ``--help`` and reports.
     """
 
@@ -46,6 +49,7 @@ class Recipe:
     observer: str = "minmax"
     layers: tuple[str, ...] = ()
     smoothquant_alpha: float | None = None
+    weight_rounding: str = "nearest"
 
     def __post_init__(self):
         for attr, allowed in (
@@ -53,6 +57,7 @@ class Recipe:
             ("weights", WEIGHT_TYPES),
             ("activations", ACTIVATION_TYPES),
             ("observer", OBSERVERS),
+            ("weight_rounding", WEIGHT_ROUNDINGS),
         ):
             if getattr(self, attr) not in allowed:
                 raise ValueError(
@@ -64,6 +69,8 @@ class Recipe:
         if isinstance(self.layers, str) or not all(isinstance(n, str) and n for n in self.layers):
             raise ValueError(f"recipe {self.name!r}: layers must be a tuple of module names")
         object.__setattr__(self, "layers", tuple(self.layers))  # JSON gives lists
+        if self.weight_rounding != "nearest" and not (self.needs_calibration or self.is_qat):
+            raise ValueError(f"recipe {self.name!r}: GPTQ rounding needs calibration images")
         alpha = self.smoothquant_alpha
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"recipe {self.name!r}: smoothquant_alpha must be in [0, 1] or None")
@@ -71,6 +78,10 @@ class Recipe:
     @property
     def is_float(self) -> bool:
         return self.method == "none"
+
+    @property
+    def is_qat(self) -> bool:
+        return self.method == "qat"
 
     @property
     def needs_calibration(self) -> bool:
@@ -109,6 +120,7 @@ RECIPES: dict[str, Recipe] = {
             calibration_size=64,
             layers=INT8_LAYERS,
             smoothquant_alpha=0.5,
+            weight_rounding="gptq",
         ),
         Recipe(
             "w8a8-qat",
@@ -117,6 +129,8 @@ RECIPES: dict[str, Recipe] = {
             "int8",
             "w8a8 fine-tuned with fake quantization (edge-convnext qat), then converted",
             layers=INT8_LAYERS,
+            smoothquant_alpha=0.5,
+            weight_rounding="gptq",
         ),
         Recipe(
             "int8-full",

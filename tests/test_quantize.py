@@ -80,7 +80,7 @@ def test_ptq_artifact_runs_close_to_float_and_records_calibration(
     assert len(keys) == 4 and set(keys) <= {f"calib_{i}.jpg" for i in range(6)}
 
 
-@pytest.mark.parametrize("target", ["executorch", "tflite"])
+@pytest.mark.parametrize("target", ["executorch", "tflite", "coreml"])
 def test_w8a8_quantizes_exactly_the_recipe_layers(target, tiny_checkpoints, calib_dir):
     _require(target)
     from edge_convnext.quantize.ptq import _innermost_module_path
@@ -92,10 +92,10 @@ def test_w8a8_quantizes_exactly_the_recipe_layers(target, tiny_checkpoints, cali
     quantized = pipeline.calibrate(
         loaded, recipe, targets.get(target), "app", pipeline.Calibration(calib_dir, 2), False
     )
-    convolutions = [
+    convolutions = [  # Core ML's portable graph keeps pwconv1/pwconv2 as linears
         node
         for node in quantized.graph.graph.nodes
-        if node.op == "call_function" and "conv" in str(node.target)
+        if node.op == "call_function" and any(op in str(node.target) for op in ("conv", "linear"))
     ]
     int8 = {
         "." + _innermost_module_path(node)
@@ -217,6 +217,30 @@ def test_qat_interrupted_and_resumed_ends_where_an_uninterrupted_run_ends(
     assert data["details"]["quantization"]["method"] == "qat"
     logits = open_runner(artifact)(_crops()[:2])
     assert logits.shape == (2, 1000) and np.isfinite(logits).all()
+
+
+def test_qat_starts_balanced_and_export_rebuilds_the_trained_graph(
+    tiny_checkpoints, calib_dir, tmp_path
+):
+    """V1's balancing adds a multiply after GELU; the checkpoint must rebuild into that graph."""
+    _require("executorch")
+    import torch
+
+    from edge_convnext.quantize import qat
+
+    checkpoint = str(tiny_checkpoints["convnext-tiny-224"])
+    config = recipes.QATConfig(steps=2, batch_size=2, checkpoint_every=1)
+    out = tmp_path / "v1.qat.pt"
+    run = qat.train(checkpoint, "executorch", calib_dir, out, config, images=4, progress=False)
+
+    student = qat.load_checkpoint(out)["student"]
+    hidden_scales = [value for key, value in student.items() if key.endswith("hidden_scale")]
+    assert hidden_scales and not all(torch.all(s == 1) for s in hidden_scales)
+    recipe = recipes.get("w8a8-qat")
+    loaded = pipeline.prepare_model(checkpoint, targets.rewrites_for("executorch", recipe.name))
+    rebuilt = qat.finalize_checkpoint(out, loaded, "executorch", recipe, "app").graph
+    crops = torch.from_numpy(_crops()[:2])
+    assert torch.equal(rebuilt(crops), run.finalize().graph(crops))
 
 
 def test_qat_changed_options_or_foreign_file_are_refused(tiny_checkpoints, calib_dir, tmp_path):
