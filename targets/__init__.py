@@ -33,7 +33,7 @@ SUFFIXES = {".pte": "executorch", ".tflite": "tflite", ".mlpackage": "coreml"}
 SUPPORT: dict[str, tuple[str, ...]] = {
     "executorch": ("fp32", "w8a8", "w8a8-qat"),
     "tflite": ("fp32", "w8a8", "w8a8-qat", "int8-full"),
-    "coreml": ("fp32", "fp16", "w8", "w4", "palette4", "palette6"),
+    "coreml": ("fp32", "fp16", "w8", "w8a8", "w4", "palette4", "palette6"),
 }
 
 # Portable: ops every converter lowers. XNNPACK (ExecuTorch, LiteRT on CPU): blocks in NCHW with

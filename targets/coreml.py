@@ -77,8 +77,9 @@ PRECISIONS = {"fp32": "FLOAT32", "fp16": "FLOAT16", "int8": "FLOAT16"}
 QUANTIZE_CONTRACT = "float-nchw"
 QUANTIZER = (
     "torchao X86InductorQuantizer default static config (uint8 affine per-tensor activations "
-    "into conv/linear, int8 symmetric per-channel weights); ct.convert maps its quantize/"
-    "dequantize ops to MIL quantize/dequantize and constexpr_affine_dequantize"
+    "into the recipe's conv/linear layers, int8 symmetric per-channel weights in [-127, 127]); "
+    "ct.convert maps its quantize/dequantize ops to MIL quantize/dequantize and "
+    "constexpr_affine_dequantize"
 )
 
 
@@ -226,20 +227,39 @@ def quantization_scheme(
     2.13 removed; torchao's ``X86InductorQuantizer`` makes the same kind of graph (per-tensor
     uint8 activations like coremltools' default ``quint8``, affine where coremltools' default is
     symmetric; int8 symmetric per-channel weights) with ``quantized_decomposed`` ops that
-    ``ct.convert`` lowers. It quantizes the inputs of conv and linear; norms, GELU and residual
-    adds stay fp16. The graph it quantizes must take :data:`QUANTIZE_CONTRACT`'s input.
+    ``ct.convert`` lowers. It quantizes the inputs of the recipe's ``layers`` minus
+    ``keep_float``; the other layers, norms, GELU and residual adds stay fp16. The graph it
+    quantizes must take :data:`QUANTIZE_CONTRACT`'s input.
     """
+    import dataclasses
+
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
+        _global_config_filter,
         get_default_x86_inductor_quantization_config,
     )
 
     from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
+    from edge_convnext.quantize.ptq import layer_filter
+
+    allow = layer_filter(recipe.layers, keep_float)
+
+    class LayerQuantizer(X86InductorQuantizer):
+        # X86InductorQuantizer selects modules by exact name only; the recipe names layers by
+        # suffix (and --keep-float by path), so annotate the global config through our filter.
+        def annotate(self, model):
+            def selected(nodes) -> bool:
+                return _global_config_filter(nodes) and all(allow(node) for node in nodes)
+
+            self._annotate_with_config(model, self.global_config, selected)
+            self._annotate_output_for_int8_in_int8_out_pattern_entry(model)
+            return model
 
     config = get_default_x86_inductor_quantization_config(is_qat=qat)
-    quantizer = X86InductorQuantizer().set_global(config)
-    for name in keep_float:  # layers the sensitivity ranking keeps in float
-        quantizer.set_module_name_qconfig(name, None)
+    # int8 weights in [-127, 127] like the XNNPACK and LiteRT configs, so quantize.gptq's grid
+    # (scale = max|w| / 127) is the one the observer picks.
+    config = dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=-127))
+    quantizer = LayerQuantizer().set_global(config)
     return Scheme(quantizer, fold_quantize=True)
 
 

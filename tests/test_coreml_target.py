@@ -31,6 +31,7 @@ from edge_convnext.preprocess import (  # noqa: E402
 )
 from edge_convnext.quantize.ptq import contract_batches, ptq  # noqa: E402
 from edge_convnext.quantize.recipes import Recipe, get  # noqa: E402
+from edge_convnext.quantize.sensitivity import quantizable_layers  # noqa: E402
 from edge_convnext.targets import coreml, coreml_mil, lowering  # noqa: E402
 from edge_convnext.testing import nontrivial_model  # noqa: E402
 
@@ -340,16 +341,9 @@ def w8a8_graph(models):
     )
 
 
-@pytest.fixture
-def w8a8_supported(monkeypatch):
-    """w8a8 joins SUPPORT["coreml"] once pipeline.calibrate quantizes coreml.QUANTIZE_CONTRACT."""
-    if "w8a8" not in targets.SUPPORT["coreml"]:
-        monkeypatch.setitem(targets.SUPPORT, "coreml", (*targets.SUPPORT["coreml"], "w8a8"))
-
-
 @pytest.mark.parametrize("contract", CONTRACTS)
 def test_w8a8_artifact_quantizes_activations_and_matches_its_graph(
-    contract, w8a8_graph, w8a8_supported, models, crops, tmp_path
+    contract, w8a8_graph, models, crops, tmp_path
 ):
     loaded = models[SEED_NAMES[0]]
     path = coreml.export(loaded, get("w8a8"), tmp_path, contract, quantized=w8a8_graph)
@@ -374,11 +368,11 @@ def test_w8a8_artifact_quantizes_activations_and_matches_its_graph(
     assert _cosines(logits, expected).min() >= 0.995
 
 
-def test_w8a8_needs_a_quantized_graph_of_the_bare_model(w8a8_supported, models, tmp_path):
+def test_w8a8_needs_a_quantized_graph_of_the_bare_model(models, tmp_path):
     loaded = models[SEED_NAMES[0]]
     with pytest.raises(UnsupportedError, match="is calibrated"):
         coreml.export(loaded, get("w8a8"), tmp_path)
-    app_graph = ptq(  # what pipeline.calibrate makes today for the "app" contract: uint8 NHWC
+    app_graph = ptq(  # a graph of the "app" contract (uint8 NHWC), not the bare model
         lowering.with_contract(loaded, "app"),
         lowering.example_input("app", loaded.preprocessing),
         coreml.quantization_scheme(get("w8a8")),
@@ -392,7 +386,7 @@ def test_w8a8_needs_a_quantized_graph_of_the_bare_model(w8a8_supported, models, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_w8a8_scheme_keeps_named_layers_float(models):
+def test_w8a8_scheme_quantizes_the_recipe_layers_minus_the_float_ones(models):
     loaded = models[SEED_NAMES[0]]
     module = lowering.with_contract(loaded, coreml.QUANTIZE_CONTRACT)
     example = lowering.example_input(coreml.QUANTIZE_CONTRACT, loaded.preprocessing)
@@ -402,5 +396,8 @@ def test_w8a8_scheme_keeps_named_layers_float(models):
         graph = ptq(module, example, scheme, [example], progress=False).graph
         return sum("dequantize_per_channel" in str(n.target) for n in graph.graph.nodes)
 
-    kept = ["hf_model.classifier", "hf_model.convnext.encoder.stages.0.layers.0.dwconv"]
-    assert weight_dequantizes(kept) == weight_dequantizes([]) - len(kept)
+    layers = quantizable_layers(module, get("w8a8").layers)
+    assert 0 < len(layers) < len(quantizable_layers(module))  # e.g. no stem, no depthwise convs
+    assert weight_dequantizes([]) == len(layers)
+    kept = ["hf_model.classifier", "hf_model.convnext.encoder.stages.0.layers.0.pwconv1"]
+    assert weight_dequantizes(kept) == len(layers) - len(kept)
