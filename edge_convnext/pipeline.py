@@ -69,7 +69,9 @@ def build(
     loaded = prepare_model(model_ref, rewrite_names, random=random, seed=seed)
     if self_calibrated:
         images = calibration_images(loaded, recipe, calibration)
-        return target_module.export(loaded, recipe, Path(out_dir), contract, calibration=images)
+        return target_module.export(
+            loaded, recipe, Path(out_dir), contract, calibration=images, progress=progress
+        )
     quantized = None
     if recipe.needs_calibration:
         quantized = calibrate(loaded, recipe, target_module, contract, calibration, progress)

@@ -299,37 +299,28 @@ def _accuracy_figure(artifacts: list[dict]):
 
 
 def _tradeoff_figure(artifacts: list[dict]):
+    """Accuracy vs latency, one numbered marker per artifact; the key beside the axes names them.
+
+    Artifacts of similar latency and accuracy land on top of each other, so the names go in the
+    key and only the numbers sit by the markers, each placed clear of those before it.
+    """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 5.5))
+    figure = Figure(figsize=(9, 5.5))
     axes = figure.add_subplot()
     sizes = [a["size_mb"] for a in artifacts if a["size_mb"] is not None]
     biggest = max(sizes, default=1.0) or 1.0
     targets = sorted({a["target"] for a in artifacts})
-    for a in artifacts:
+    points = []
+    for number, a in enumerate(artifacts, 1):
         latency, accuracy = a["latency_ms"]["p50"], a["top1"]["value"] * 100
         area = 60 + 900 * (a["size_mb"] / biggest) if a["size_mb"] is not None else 60
         colour = f"C{targets.index(a['target']) % 10}"
         filled = a["size_mb"] is not None
-        axes.scatter(
-            [latency],
-            [accuracy],
-            s=area,
-            alpha=0.6,
-            edgecolors=colour,
-            facecolors=colour if filled else "none",
-            linewidths=1.5,
-        )
-        size = f"{a['size_mb']:.1f} MB" if filled else "size n/a"
-        axes.annotate(
-            f"{a['target']} {a['recipe']}\n{size}",
-            (latency, accuracy),
-            textcoords="offset points",
-            xytext=(8, 8),
-            fontsize=8,
-        )
-    for target in targets:
-        axes.scatter([], [], color=f"C{targets.index(target) % 10}", label=target, s=60)
+        style = {"edgecolors": colour, "facecolors": colour if filled else "none"}
+        axes.scatter([latency], [accuracy], s=area, alpha=0.6, linewidths=1.5, **style)
+        axes.scatter([], [], s=40, linewidths=1.5, label=_key_label(number, a), **style)
+        points.append((latency, accuracy, math.sqrt(area) / 2))
     latencies = [a["latency_ms"]["p50"] for a in artifacts]
     if min(latencies) > 0 and max(latencies) / min(latencies) > 20:
         axes.set_xscale("log")
@@ -338,7 +329,51 @@ def _tradeoff_figure(artifacts: list[dict]):
     axes.set_ylim(max(low, 0.0), min(high, 105.0))
     axes.set_xlabel("latency p50, batch 1 (ms)")
     axes.set_ylabel("top-1 accuracy (%)")
-    axes.set_title("Accuracy vs latency (marker area ~ artifact size)")
+    axes.set_title("Accuracy vs latency (marker area ~ artifact size, colour: target)")
     axes.grid(alpha=0.3)
-    axes.legend(title="target", fontsize=8, loc="best")
+    _number_points(axes, points)
+    axes.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False
+    )
     return figure
+
+
+def _key_label(number: int, a: dict, width: int = 32) -> str:
+    name = a["artifact"]
+    name = name if len(name) <= width else "..." + name[-(width - 3) :]
+    size = f"{a['size_mb']:.1f} MB" if a["size_mb"] is not None else "size n/a"
+    return f"{number}  {a['target']} {a['recipe']}, {size}\n    {name}"
+
+
+def _number_points(axes, points: list[tuple[float, float, float]], fontsize: float = 8) -> None:
+    """Write ``1..n`` beside the markers ``(x, y, radius in points)``: each number takes the
+    first slot clear of the numbers before it, right or left of its marker, stacking upward."""
+    axes.get_xlim()  # settles the autoscaled limits that transData maps through
+    to_points = 72.0 / axes.figure.dpi
+    placed: list[tuple[float, float, float, float]] = []  # boxes in display points
+    for number, (x, y, radius) in enumerate(points, 1):
+        px, py = axes.transData.transform((x, y)) * to_points
+        width, height = 0.7 * fontsize * len(str(number)) + 2, fontsize + 3
+        gap = radius + 2
+        for step in range(4 * len(points)):
+            side = 1 if step % 2 == 0 else -1
+            dx, dy = side * gap, (step // 2) * height - height / 2
+            left = px + dx if side > 0 else px + dx - width
+            box = (left, py + dy, left + width, py + dy + height)
+            if not any(_overlap(box, other) for other in placed):
+                break
+        placed.append(box)
+        axes.annotate(
+            str(number),
+            (x, y),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            ha="left" if side > 0 else "right",
+            va="bottom",
+            fontsize=fontsize,
+            fontweight="bold",
+        )
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

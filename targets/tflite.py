@@ -25,6 +25,7 @@ default) and quantizes/dequantizes int8/uint8 I/O tensors from their own scale a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -76,6 +77,7 @@ def export(
     convert_options: dict | None = None,
     postprocess: Callable[[bytes], bytes] | None = None,
     calibration: Calibration | None = None,
+    progress: bool = False,
 ) -> Path:
     """Convert ``model`` with litert-torch, embed TFLite Metadata, write ``.tflite`` + sidecar.
 
@@ -96,6 +98,8 @@ def export(
         calibration: for recipes in :data:`CALIBRATES_ITSELF` (``int8-full``), the calibration
             crops: the fp32 flatbuffer is quantized by ai-edge-quantizer (``tflite_integer``)
             and their keys go to the manifest.
+        progress: show ai-edge-quantizer's progress bars (``int8-full``); off by default, like
+            litert-torch's, which are always off.
 
     Returns:
         The artifact path. Nothing is written if any step fails. For quantized recipes the
@@ -117,7 +121,7 @@ def export(
     if recipe.name in CALIBRATES_ITSELF:
         if quantized is not None or postprocess is not None:
             raise ValueError(f"recipe {recipe.name!r} brings its own quantization pass")
-        postprocess, quantization = _full_integer(model, contract, calibration)
+        postprocess, quantization = _full_integer(model, contract, calibration, progress)
     if quantized is not None:
         from litert_torch.quantize.quant_config import QuantConfig
 
@@ -130,7 +134,13 @@ def export(
         flatbuffer = postprocess(flatbuffer)
     info = classifier_metadata(model, recipe, contract)
     labels = {metadata.LABELS_FILE: metadata.labels_file(model.labels)}
-    artifact = metadata.embed(flatbuffer, metadata.build_metadata(info), labels)
+    slimmed: dict = {}
+    artifact = metadata.embed(
+        flatbuffer,
+        metadata.build_metadata(info),
+        labels,
+        edit=lambda model_t: slimmed.update(slim(model_t)),
+    )
     float_ops = None if recipe.is_float else integer.float_ops_between_io(artifact)
     if recipe.name in CALIBRATES_ITSELF and float_ops:
         raise UnsupportedError(
@@ -143,6 +153,7 @@ def export(
         "postprocess": getattr(postprocess, "__name__", repr(postprocess)) if postprocess else None,
         "quantization": quantization,
         "ops": op_counts(artifact),
+        "slimmed": slimmed,
         # Counted per op type: a w8a8 graph keeps hundreds of float ops between q/dq pairs.
         "float_ops_between_io": None
         if float_ops is None
@@ -159,7 +170,9 @@ def export(
     )
 
 
-def _full_integer(model: LoadedModel, contract: str, calibration: Calibration | None):
+def _full_integer(
+    model: LoadedModel, contract: str, calibration: Calibration | None, progress: bool = False
+):
     """The ai-edge-quantizer pass for ``int8-full`` on ``calibration``'s crops, and its facts."""
     if calibration is None:
         raise EdgeConvnextError(
@@ -173,7 +186,7 @@ def _full_integer(model: LoadedModel, contract: str, calibration: Calibration | 
     facts: dict = {}
 
     def ai_edge_quantizer_static_wi8_ai8(flatbuffer: bytes) -> bytes:
-        quantized, details = integer.quantize(flatbuffer, samples, contract)
+        quantized, details = integer.quantize(flatbuffer, samples, contract, progress=progress)
         facts.update(details, calibration=calibration.manifest_entry())
         return quantized
 
@@ -226,6 +239,57 @@ def convert(module, example, *, where: str = "model", **options) -> bytes:
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             )
             raise UnsupportedError(f"litert-torch could not convert {where}: {first}") from error
+
+
+def slim(model_t) -> dict:
+    """Store once what a converted flatbuffer stores several times, in place on its ``ModelT``.
+
+    Constant buffers with identical bytes (e.g. the zero biases litert-torch writes as float32
+    and int32) are stored once and their tensors point at the one kept; metadata buffers and
+    variable tensors' buffers are left alone. Same ops, tensors, names, shapes, quantization and
+    weight bytes: the outputs are bit-identical. (Equal vectors inside the flatbuffer, such as
+    per-channel zero points, are shared when it is packed: ``tflite_metadata.embed``.)
+
+    Returns:
+        ``{"merged_duplicate_buffers": n}`` for the manifest.
+    """
+    return {"merged_duplicate_buffers": _merge_duplicate_buffers(model_t)}
+
+
+def _merge_duplicate_buffers(model_t) -> int:
+    buffers = model_t.buffers or []
+    pinned = {entry.buffer for entry in model_t.metadata or []}
+    pinned.update(int(b) for b in _indices(model_t.metadataBuffer))
+    for graph in model_t.subgraphs or []:
+        pinned.update(tensor.buffer for tensor in graph.tensors or [] if tensor.isVariable)
+    first_of: dict[tuple[int, bytes], int] = {}
+    duplicate_of: dict[int, int] = {}
+    for index, buffer in enumerate(buffers):
+        data = getattr(buffer, "data", None)
+        if index in pinned or data is None or len(data) == 0:
+            continue
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        first = first_of.setdefault((data.size, hashlib.sha256(data).digest()), index)
+        if first != index and np.array_equal(np.asarray(buffers[first].data, np.uint8), data):
+            duplicate_of[index] = first
+    if not duplicate_of:
+        return 0
+    kept = [i for i in range(len(buffers)) if i not in duplicate_of]
+    renumbered = {old: new for new, old in enumerate(kept)}
+    renumbered.update({old: renumbered[first] for old, first in duplicate_of.items()})
+    model_t.buffers = [buffers[i] for i in kept]
+    for graph in model_t.subgraphs or []:
+        for tensor in graph.tensors or []:
+            tensor.buffer = renumbered[tensor.buffer]
+    for entry in model_t.metadata or []:
+        entry.buffer = renumbered[entry.buffer]
+    if model_t.metadataBuffer is not None:
+        model_t.metadataBuffer = [renumbered[int(b)] for b in _indices(model_t.metadataBuffer)]
+    return len(duplicate_of)
+
+
+def _indices(values) -> list:
+    return [] if values is None else list(values)
 
 
 @contextlib.contextmanager

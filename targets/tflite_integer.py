@@ -21,6 +21,7 @@ Torch-free: needs ``ai-edge-quantizer`` (export) and ``ai-edge-litert`` (the sch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Sequence
@@ -37,7 +38,12 @@ __all__ = ["quantize", "integer_io", "float_ops_between_io", "io_types", "QUANTI
 
 
 def quantize(
-    flatbuffer: bytes, samples: Sequence[np.ndarray], contract: str, threads: int | None = None
+    flatbuffer: bytes,
+    samples: Sequence[np.ndarray],
+    contract: str,
+    threads: int | None = None,
+    *,
+    progress: bool = False,
 ) -> tuple[bytes, dict]:
     """Calibrate and quantize an fp32 ``.tflite`` to full int8, with integer input and output.
 
@@ -46,6 +52,8 @@ def quantize(
         samples: calibration inputs, each batch-1 in the contract's layout and dtype.
         contract: ``"app"`` (uint8 NHWC pixels) or ``"float-nchw"``.
         threads: interpreter threads for calibration (default: the CPU count).
+        progress: show ai-edge-quantizer's progress bars (calibration, transformations); off,
+            none is printed.
 
     Returns:
         The quantized flatbuffer and facts for the manifest (quantizer recipe, I/O types).
@@ -62,10 +70,13 @@ def quantize(
     if not samples:
         raise EdgeConvnextError("recipe int8-full needs at least one calibration image")
     config = getattr(recipe, QUANTIZER_RECIPE)()
-    qsvs = _calibrate(flatbuffer, samples, config, threads or os.cpu_count() or 1)
-    _pin_uint8_input(flatbuffer, qsvs)
-    engine = quantizer.Quantizer(flatbuffer, config)
-    result = engine.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
+    with _progress_bars(progress):
+        qsvs = _calibrate(flatbuffer, samples, config, threads or os.cpu_count() or 1)
+        _pin_uint8_input(flatbuffer, qsvs)
+        engine = quantizer.Quantizer(flatbuffer, config)
+        result = engine.quantize(
+            qsvs, enable_progress_bar=None if progress else False, enable_progress_report=False
+        )
     model = integer_io(bytes(result.quantized_model), contract)
     details = {
         "method": "ptq",
@@ -95,6 +106,34 @@ def _calibrate(flatbuffer: bytes, samples: Sequence[np.ndarray], config, threads
     )
     observer.calibrate({key: [{name: sample} for sample in samples]}, manager)
     return observer.get_model_qsvs()
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """ai-edge-quantizer's tqdm bars left as they are, or all off, for the duration.
+
+    Its ``Calibrator.calibrate`` and ``ModelModifier`` take no switch (they show a bar for any
+    model of 100+ ops), so when ``enabled`` is false ``progress_utils.ProgressBar``, which they
+    look up at each call, is swapped for one built disabled.
+    """
+    try:
+        from ai_edge_quantizer.utils import progress_utils
+    except ImportError:  # a version without it: nothing to silence
+        progress_utils = None
+    if enabled or progress_utils is None:
+        yield
+        return
+    original = progress_utils.ProgressBar
+
+    class Disabled(original):
+        def __init__(self, total_steps, description="", disappear_on_finish=False, enable=None):
+            super().__init__(total_steps, description, disappear_on_finish, enable=False)
+
+    progress_utils.ProgressBar = Disabled
+    try:
+        yield
+    finally:
+        progress_utils.ProgressBar = original
 
 
 def _pin_uint8_input(flatbuffer: bytes, qsvs: dict) -> None:

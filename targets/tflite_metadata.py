@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import flatbuffers
 import numpy as np
@@ -168,21 +170,32 @@ def labels_file(labels) -> bytes:
     return ("\n".join(labels) + "\n").encode()
 
 
-def embed(model: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
+def embed(
+    model: bytes,
+    metadata: bytes,
+    files: dict[str, bytes],
+    edit: Callable[[Any], object] | None = None,
+) -> bytes:
     """``model`` with ``metadata`` in its ``TFLITE_METADATA`` buffer and ``files`` zipped after it.
 
     Replaces metadata already there. Weight buffers keep the schema's 16-byte alignment.
+    ``edit``, if given, is applied to the unpacked ``ModelT`` (its buffers' ``data`` inline numpy
+    ``uint8`` arrays or None) before the metadata is added and it is packed again: one unpack and
+    pack for both.
     """
     from ai_edge_litert import schema_py_generated as schema
 
     model_t = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0))
-    buffers = [_AlignedBufferT.of(buffer, model) for buffer in model_t.buffers or []]
+    model_t.buffers = [_AlignedBufferT.of(buffer, model) for buffer in model_t.buffers or []]
+    if edit is not None:
+        edit(model_t)
+    buffers = model_t.buffers
     entries = [m for m in model_t.metadata or [] if _text(m.name) != METADATA_BUFFER_NAME]
     buffers.append(_AlignedBufferT(np.frombuffer(metadata, dtype=np.uint8)))
     entry = schema.MetadataT()
     entry.name, entry.buffer = METADATA_BUFFER_NAME, len(buffers) - 1
     model_t.buffers, model_t.metadata = buffers, [*entries, entry]
-    builder = flatbuffers.Builder(len(model) + len(metadata) + (1 << 20))
+    builder = _SharingBuilder(len(model) + len(metadata) + (1 << 20))
     builder.Finish(model_t.Pack(builder), file_identifier=MODEL_IDENTIFIER)
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as bundle:
@@ -201,6 +214,27 @@ def _aligned_bytes(builder: flatbuffers.Builder, data: np.ndarray) -> int:
     builder.head -= data.size
     builder.Bytes[builder.head : builder.head + data.size] = data.tobytes()
     return builder.EndVector()
+
+
+class _SharingBuilder(flatbuffers.Builder):
+    """A ``Builder`` that writes each distinct numpy vector once; later tables holding an equal
+    vector point at that copy (what ``CreateSharedString`` does for strings). A flatbuffer may
+    share any object this way: readers only follow offsets. In an int8 model this stores the
+    per-channel zero points (all 0, 8 bytes each) of every weight and bias of one width once.
+    """
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self._vectors: dict[tuple[str, bytes], int] = {}
+
+    def CreateNumpyVector(self, x):  # noqa: N802 (flatbuffers' name)
+        if not isinstance(x, np.ndarray) or x.ndim != 1:
+            return super().CreateNumpyVector(x)  # its own error
+        key = (x.dtype.str, x.tobytes())
+        offset = self._vectors.get(key)
+        if offset is None:
+            offset = self._vectors[key] = super().CreateNumpyVector(x)
+        return offset
 
 
 class _AlignedBufferT:

@@ -401,3 +401,46 @@ def test_progress_bar_is_optional(data_root, tmp_path, monkeypatch, capsys, tqdm
         monkeypatch.setitem(sys.modules, "tqdm", None)
     audit.main([ToyRunner()], data_root, limit=2, out=tmp_path, progress=True)
     assert ("toy-fp32" in capsys.readouterr().err) == tqdm_available
+
+
+def test_tradeoff_plot_labels_do_not_overlap():
+    """Artifacts of (nearly) equal latency and accuracy: numbers by the markers stay apart, and
+    every artifact has its own entry in the key."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from edge_convnext import report
+
+    def entry(name, target, recipe, latency, top1, size_mb):
+        return {
+            "artifact": name,
+            "target": target,
+            "recipe": recipe,
+            "latency_ms": {"p50": latency},
+            "top1": {"value": top1},
+            "size_mb": size_mb,
+        }
+
+    artifacts = [
+        entry("m.fp32.app.pte", "executorch", "fp32", 52.3, 0.81, 114.2),
+        entry("m.fp32.app.tflite", "tflite", "fp32", 52.5, 0.81, 114.3),
+        entry("m.w8a8.app.pte", "executorch", "w8a8", 22.5, 0.80, 30.1),
+        entry("m.w8a8.app.tflite", "tflite", "w8a8", 22.5, 0.80, 30.8),
+        entry("v2.w8a8.app.tflite", "tflite", "w8a8", 22.4, 0.80, 31.1),
+        entry("v2.w8a8.app.pte", "executorch", "w8a8", 22.5, 0.801, 30.3),
+        entry("facebook/convnext-tiny-224", "pytorch", "fp32", 77.2, 0.81, None),
+    ]
+    figure = report._tradeoff_figure(artifacts)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    (axes,) = figure.axes
+    numbers = [t for t in axes.texts if t.get_text().isdigit()]
+    assert sorted(int(t.get_text()) for t in numbers) == list(range(1, len(artifacts) + 1))
+    boxes = [t.get_window_extent(renderer) for t in numbers]
+    for i, box in enumerate(boxes):
+        for other in boxes[i + 1 :]:
+            assert not box.overlaps(other), (box, other)
+    key = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert len(key) == len(artifacts)
+    assert key[3].startswith("4  tflite w8a8, 30.8 MB") and "m.w8a8.app.tflite" in key[3]
+    assert "size n/a" in key[6]

@@ -148,3 +148,37 @@ def test_export_without_calibration_images_is_refused(tmp_path):
     with pytest.raises(EdgeConvnextError, match="calibration images"):
         tflite.export(model, recipes.get("int8-full"), tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_per_channel_zero_points_are_stored_once(built):
+    """Every weight and bias of one width has the same all-zero zero points: one vector."""
+    model = schema.Model.GetRootAs(built("convnextv2-tiny-1k-224", "app").read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    where: dict[bytes, set] = {}
+    for i in range(graph.TensorsLength()):
+        quant = graph.Tensors(i).Quantization()
+        if quant is None or quant.ZeroPointLength() < 2:
+            continue
+        tab = quant._tab
+        start = tab.Vector(tab.Offset(10))  # zero_point: field 3 of QuantizationParameters
+        where.setdefault(quant.ZeroPointAsNumpy().tobytes(), set()).add(start)
+    assert sum(map(len, where.values())) == len(where) > 0
+
+
+def test_ai_edge_quantizer_bars_follow_progress(capfd):
+    """Its calibration and transformation bars show with progress on, and are silent off
+    (pipeline.build passes no progress to the target: off)."""
+    from edge_convnext.targets import lowering, tflite_integer
+    from edge_convnext.testing import nontrivial_model
+
+    model = nontrivial_model("convnext-tiny-224", **SMALL)
+    example = lowering.example_input("float-nchw", model.preprocessing)
+    flatbuffer = tflite.convert(lowering.with_contract(model, "float-nchw"), example)
+    samples = [np.random.default_rng(i).normal(size=(1, 3, 224, 224)) for i in range(3)]
+    samples = [s.astype(np.float32) for s in samples]
+    capfd.readouterr()
+    for progress in (True, False):
+        tflite_integer.quantize(flatbuffer, samples, "float-nchw", threads=1, progress=progress)
+        err = capfd.readouterr().err
+        assert ("Running Calibration" in err) is progress, err[-500:]
+        assert ("Applying Transformations" in err) is progress, err[-500:]

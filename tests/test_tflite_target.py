@@ -83,6 +83,7 @@ def test_export_writes_artifact_and_sidecar(exported, seed, contract):
     assert details["ops"]["CONV_2D"] >= 4
     assert details["delegation"]["delegated_ops"] > 0
     assert details["tflite_metadata"]["task_library_image_classifier"] == (contract == "app")
+    assert details["slimmed"]["merged_duplicate_buffers"] >= 0
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
 
 
@@ -189,6 +190,69 @@ def test_unsupported_combinations_write_nothing(models, tmp_path, recipe, contra
     with pytest.raises(UnsupportedError):
         tflite.export(models[SEEDS[0]], recipes.get(recipe), tmp_path, contract)
     assert not list(tmp_path.iterdir())
+
+
+def _vector_start(table, slot: int) -> int | None:
+    """Where the vector in field ``slot`` of a generated flatbuffer table starts, None if unset."""
+    offset = table._tab.Offset(4 + 2 * slot)
+    return table._tab.Vector(offset) if offset else None
+
+
+def _copies(model: bytes, data: bytes) -> int:
+    """How many buffers of a ``.tflite`` hold exactly ``data``."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    root = schema.Model.GetRootAs(model, 0)
+    buffers = (root.Buffers(i) for i in range(root.BuffersLength()))
+    return sum(b.DataLength() > 0 and b.DataAsNumpy().tobytes() == data for b in buffers)
+
+
+def test_equal_buffers_and_vectors_are_stored_once(exported, crops):
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    path = exported(SEEDS[1], "app")
+    original = path.read_bytes()
+    # What converters sometimes write: a second copy of a constant for one of its tensors.
+    model_t = flatbuffer_utils.read_model_from_bytearray(original)
+    graph = model_t.subgraphs[0]
+    sizes = [0 if b.data is None else len(b.data) for b in model_t.buffers]
+    tensor = next(t for t in graph.tensors if sizes[t.buffer] > 64)
+    twin = schema.BufferT()
+    twin.data = np.array(model_t.buffers[tensor.buffer].data, dtype=np.uint8)
+    weight = twin.data.tobytes()
+    model_t.buffers.append(twin)
+    tensor.buffer = len(model_t.buffers) - 1
+    doubled = bytes(flatbuffer_utils.convert_object_to_bytearray(model_t))
+
+    facts = {}
+    slimmed = tfmeta.embed(
+        doubled,
+        tfmeta.metadata_buffer(original),
+        tfmeta.associated_files(original),
+        edit=lambda m: facts.update(tflite.slim(m)),
+    )
+    assert facts == {"merged_duplicate_buffers": 1}
+    assert (_copies(doubled, weight), _copies(slimmed, weight)) == (2, 1)
+    root = schema.Model.GetRootAs(slimmed, 0)
+    assert tfmeta.metadata_from_bytes(slimmed) == tfmeta.metadata_from_bytes(original)
+    outputs = []
+    for model in (original, slimmed):
+        interpreter = tflite._interpreter(model_content=model)
+        (source,), (sink,) = interpreter.get_input_details(), interpreter.get_output_details()
+        interpreter.set_tensor(source["index"], np.round(crops[:1]).astype(np.uint8))
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(sink["index"]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])  # bit-identical
+    # Tensors of one shape point at one shape vector.
+    where: dict[tuple, set] = {}
+    subgraph = root.Subgraphs(0)
+    for i in range(subgraph.TensorsLength()):
+        tensor = subgraph.Tensors(i)
+        shape = tuple(tensor.ShapeAsNumpy().tolist()) if tensor.ShapeLength() else ()
+        where.setdefault(shape, set()).add(_vector_start(tensor, 0))
+    assert len(where) < subgraph.TensorsLength()
+    assert all(len(starts) == 1 for starts in where.values()), where
 
 
 def test_load_and_run_without_torch(exported, crops, tmp_path):
