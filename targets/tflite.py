@@ -2,7 +2,9 @@
 
 Anchor: litert-torch's ``convert()`` (``litert_torch/_convert/interface.py``): torch.export,
 lowering to StableHLO/TFL MLIR, the LiteRT converter passes, and a flatbuffer out
-(``LiteRTModel.model_content()``). We then embed TFLite Metadata (``tflite_metadata``: model
+(``LiteRTModel.model_content()``). An int8 output (w8a8: the converter folds the classifier's
+trailing dequantize into it) gets a DEQUANTIZE appended, so the output is float32 logits
+(``tflite_integer.float_output``). We then embed TFLite Metadata (``tflite_metadata``: model
 facts, input normalization and image properties, ``labels.txt`` on the output) so Android's Task
 Library ``ImageClassifier`` takes the "app" artifact as is.
 
@@ -135,12 +137,14 @@ def export(
     info = classifier_metadata(model, recipe, contract)
     labels = {metadata.LABELS_FILE: metadata.labels_file(model.labels)}
     slimmed: dict = {}
-    artifact = metadata.embed(
-        flatbuffer,
-        metadata.build_metadata(info),
-        labels,
-        edit=lambda model_t: slimmed.update(slim(model_t)),
-    )
+    dequantized: dict = {}
+
+    def edit(model_t) -> None:
+        if recipe.name not in CALIBRATES_ITSELF:  # int8-full keeps its integer output
+            dequantized.update(integer.float_output(model_t) or {})
+        slimmed.update(slim(model_t))
+
+    artifact = metadata.embed(flatbuffer, metadata.build_metadata(info), labels, edit=edit)
     float_ops = None if recipe.is_float else integer.float_ops_between_io(artifact)
     if recipe.name in CALIBRATES_ITSELF and float_ops:
         raise UnsupportedError(
@@ -154,6 +158,8 @@ def export(
         "quantization": quantization,
         "ops": op_counts(artifact),
         "slimmed": slimmed,
+        # The int8 logits litert-torch left as the output, now DEQUANTIZEd to float32 (w8a8).
+        "dequantized_output": dequantized or None,
         # Counted per op type: a w8a8 graph keeps hundreds of float ops between q/dq pairs.
         "float_ops_between_io": None
         if float_ops is None

@@ -15,6 +15,8 @@ is pinned to 0..255, so the requantization is exact: ``q = pixel - 128``) and ap
 ``int8 -> uint8`` QUANTIZE on the output (Task Library reads uint8 or float32 outputs, not int8).
 "float-nchw" keeps the quantizer's int8 input and output; runners quantize with the tensors' own
 scale and zero point. :func:`float_ops_between_io` is the check that nothing float is left.
+:func:`float_output` is the other end for litert-torch's w8a8 graphs (float ops between int8
+convs): an exact ``int8 -> float32`` DEQUANTIZE on their int8 output.
 
 Torch-free: needs ``ai-edge-quantizer`` (export) and ``ai-edge-litert`` (the schema).
 """
@@ -34,7 +36,14 @@ QUANTIZER_RECIPE = "static_wi8_ai8"
 TOOLCHAIN_HINT = "pip install 'edge-convnext[tflite]' (ai-edge-quantizer)"
 APP_INPUT_RANGE = (0.0, 255.0)  # uint8 pixels: int8 scale 1, zero point -128, lossless
 
-__all__ = ["quantize", "integer_io", "float_ops_between_io", "io_types", "QUANTIZER_RECIPE"]
+__all__ = [
+    "quantize",
+    "integer_io",
+    "float_output",
+    "float_ops_between_io",
+    "io_types",
+    "QUANTIZER_RECIPE",
+]
 
 
 def quantize(
@@ -227,32 +236,90 @@ def _fold_input_cast(root, schema) -> bool:
 
 def _uint8_output(root, schema) -> bool:
     """Append ``int8 -> QUANTIZE -> uint8`` (same scale, zero point + 128: exact) to the output."""
+    found = _int8_output(root, schema)
+    if found is None:
+        return False
+    scale, zero = found
+    _append_output_op(
+        root,
+        schema,
+        schema.BuiltinOperator.QUANTIZE,
+        schema.TensorType.UINT8,
+        _per_tensor(schema, scale, zero + 128),
+        (schema.BuiltinOptions.QuantizeOptions, schema.QuantizeOptionsT()),
+    )
+    return True
+
+
+def float_output(root) -> dict | None:
+    """Append ``int8 -> DEQUANTIZE -> float32`` to an int8 graph output, in place on a ``ModelT``.
+
+    For litert-torch's w8a8 graphs: its converter folds the classifier's trailing dequantize
+    into an int8 output, which Task Library does not read (uint8 or float32 only) and apps of a
+    float or uint8 input do not expect. Under XNNPACK, which runs the DEQUANTIZE in the same
+    partition, the float logits are exactly ``(q - zero_point) * scale`` in float32, what a
+    runner computed from the int8 tensor (TFLite's builtin kernel rounds twice: up to 1 ulp).
+    The int8 tensor keeps its quantization and is renamed ``<name>_int8``; the float output
+    takes its name and its place in the signature.
+
+    Returns:
+        ``{"dtype": "int8", "scale", "zero_point"}`` of the tensor dequantized, for the
+        manifest; None (nothing changed) if the output is not int8 quantized per tensor.
+    """
+    schema = _schema()
+    found = _int8_output(root, schema)
+    if found is None:
+        return None
+    _append_output_op(
+        root, schema, schema.BuiltinOperator.DEQUANTIZE, schema.TensorType.FLOAT32, None
+    )
+    scale, zero = found
+    return {"dtype": "int8", "scale": scale, "zero_point": zero}
+
+
+def _int8_output(root, schema) -> tuple[float, int] | None:
+    """``(scale, zero_point)`` of the main graph's output if it is int8 quantized per tensor."""
     graph = root.subgraphs[0]
     (index,) = graph.outputs
     tensor = graph.tensors[index]
-    if tensor.type != schema.TensorType.INT8:
-        return False
-    scale, zero = float(tensor.quantization.scale[0]), int(tensor.quantization.zeroPoint[0])
+    quant = tensor.quantization
+    if tensor.type != schema.TensorType.INT8 or quant is None or quant.scale is None:
+        return None
+    if len(quant.scale) != 1:
+        return None
+    return float(quant.scale[0]), int(quant.zeroPoint[0])
+
+
+def _append_output_op(root, schema, builtin: int, dtype: int, quantization, options=None):
+    """Append ``int8 output -> <builtin> -> new output`` of ``dtype`` to the main graph.
+
+    The new tensor takes the old one's name, shape and (empty: activations hold no data)
+    buffer; the old one is renamed ``<name>_int8``. Signature outputs follow the new tensor.
+    """
+    graph = root.subgraphs[0]
+    (index,) = graph.outputs
+    tensor = graph.tensors[index]
     output = copy.deepcopy(tensor)
-    output.type = schema.TensorType.UINT8
-    output.quantization = _per_tensor(schema, scale, zero + 128)
-    output.buffer = len(root.buffers)
-    root.buffers.append(schema.BufferT())
+    output.type = dtype
+    output.quantization = quantization
+    data = getattr(root.buffers[tensor.buffer], "data", None)
+    if data is not None and len(data):  # a constant output: give the new tensor its own buffer
+        output.buffer = len(root.buffers)
+        root.buffers.append(schema.BufferT())
     tensor.name = _name(tensor).encode() + b"_int8"
     graph.tensors.append(output)
     new_index = len(graph.tensors) - 1
     op = schema.OperatorT()
-    op.opcodeIndex = _opcode(root, schema, schema.BuiltinOperator.QUANTIZE)
+    op.opcodeIndex = _opcode(root, schema, builtin)
     op.inputs, op.outputs = [index], [new_index]
-    op.builtinOptionsType = schema.BuiltinOptions.QuantizeOptions
-    op.builtinOptions = schema.QuantizeOptionsT()
+    if options is not None:
+        op.builtinOptionsType, op.builtinOptions = options
     graph.operators.append(op)
     graph.outputs = [new_index]
     for signature in root.signatureDefs or []:
         for entry in signature.outputs:
             if entry.tensorIndex == index:
                 entry.tensorIndex = new_index
-    return True
 
 
 def _per_tensor(schema, scale: float, zero_point: int):
@@ -267,7 +334,7 @@ def _opcode(root, schema, builtin: int) -> int:
             return index
     code = schema.OperatorCodeT()
     code.builtinCode = code.deprecatedBuiltinCode = builtin
-    code.version = 2  # int8/uint8 requantization
+    code.version = 2  # QUANTIZE int8 -> uint8, DEQUANTIZE int8 -> float32
     root.operatorCodes.append(code)
     return len(root.operatorCodes) - 1
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import textured_image
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -253,6 +254,91 @@ def test_equal_buffers_and_vectors_are_stored_once(exported, crops):
         where.setdefault(shape, set()).add(_vector_start(tensor, 0))
     assert len(where) < subgraph.TensorsLength()
     assert all(len(starts) == 1 for starts in where.values()), where
+
+
+@pytest.mark.filterwarnings("ignore:.*experimental_preserve_all_tensors")
+def test_w8a8_output_is_the_int8_logits_dequantized_in_the_graph(tiny_checkpoints, crops, tmp_path):
+    """litert-torch folds the classifier's trailing dequantize into an int8 output; export
+    appends a DEQUANTIZE so apps and Task Library get float32 logits, bit-identical to what the
+    runner made of the int8 output, in the same XNNPACK partition."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edge_convnext import pipeline
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for seed in range(4):
+        textured_image(100 + seed).save(calib / f"calib_{seed}.jpg")
+    path = pipeline.build(
+        str(tiny_checkpoints[SEEDS[1]]),
+        "tflite",
+        "w8a8",
+        tmp_path / "out",
+        calibration=pipeline.Calibration(calib, 4),
+        progress=False,
+    )
+    details = json.loads(Path(f"{path}.json").read_text())["details"]
+    # Builtin kernels, every tensor kept: the int8 tensor before the DEQUANTIZE can be read.
+    inspector = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_preserve_all_tensors=True,
+    )
+    inspector.allocate_tensors()
+    (source,), (sink,) = inspector.get_input_details(), inspector.get_output_details()
+    assert sink["dtype"] == np.float32 and sink["quantization_parameters"]["scales"].size == 0
+    signature = inspector.get_signature_runner().get_output_details()
+    assert [d["dtype"] for d in signature.values()] == [np.float32]
+    last = inspector._get_ops_details()[-1]
+    assert last["op_name"] == "DEQUANTIZE" and list(last["outputs"]) == [sink["index"]]
+    int8 = next(t for t in inspector.get_tensor_details() if t["index"] == last["inputs"][0])
+    assert int8["dtype"] == np.int8 and int8["name"] == sink["name"] + "_int8"
+    scale, zero = tflite._quantization(int8)
+    assert details["dequantized_output"] == {"dtype": "int8", "scale": scale, "zero_point": zero}
+    for crop in crops:
+        inspector.set_tensor(source["index"], crop[None])
+        inspector.invoke()
+        q = inspector.get_tensor(int8["index"])
+        expected = ((q.astype(np.float32) - zero) * np.float32(scale)).astype(np.float32)
+        # TFLite's builtin DEQUANTIZE rounds twice (XNNPACK's once): at most 1 ulp off here.
+        np.testing.assert_array_max_ulp(inspector.get_tensor(sink["index"]), expected, maxulp=1)
+    # What the artifact was before: the same graph ending at the int8 tensor, under XNNPACK like
+    # the runner (its float kernels round differently from the builtin ones: compare like with
+    # like). The runner's float logits are its int8 output dequantized, bit for bit.
+    before = _int8_output_model(path.read_bytes())
+    logits = tflite.load(path)(crops)
+    assert logits.dtype == np.float32
+    for crop, row in zip(crops, logits, strict=True):
+        before.set_tensor(before.get_input_details()[0]["index"], crop[None])
+        before.invoke()
+        (detail,) = before.get_output_details()
+        assert detail["dtype"] == np.int8 and tflite._quantization(detail) == (scale, zero)
+        dequantized = tflite.from_tensor(before.get_tensor(detail["index"]), detail)
+        np.testing.assert_array_equal(row, dequantized[0])
+    delegation = details["delegation"]
+    if delegation.get("available", True):
+        assert delegation["delegate_kernels"] == 1
+        assert delegation["delegated"]["DEQUANTIZE"] == details["ops"]["DEQUANTIZE"]
+        assert set(delegation["cpu_fallback"]) <= {"CAST"}  # the uint8 input's, before it
+    assert details["tflite_metadata"]["task_library_image_classifier"]
+    (output,) = tflite.read_metadata(path)["outputs"]
+    assert output["content"] == "feature" and "stats" not in output
+
+
+def _int8_output_model(model: bytes):
+    """An XNNPACK interpreter on ``model`` with its final DEQUANTIZE cut off (int8 output)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    root = flatbuffer_utils.read_model_from_bytearray(model)
+    graph = root.subgraphs[0]
+    dequantize = graph.operators.pop()
+    (int8,), (output,) = dequantize.inputs, dequantize.outputs
+    graph.outputs = [int8]
+    for entry in root.signatureDefs[0].outputs:
+        entry.tensorIndex = int8 if entry.tensorIndex == output else entry.tensorIndex
+    return tflite._interpreter(
+        model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(root))
+    )
 
 
 def test_load_and_run_without_torch(exported, crops, tmp_path):
