@@ -19,6 +19,8 @@ from torch import nn
 
 from edge_convnext.rewrites import PointwiseConvBlock
 
+from .ptq import run_with_input_hooks
+
 
 def for_recipe(module: nn.Module, recipe, batches: Sequence[torch.Tensor]) -> nn.Module:
     """``module`` balanced as ``recipe.smoothquant_alpha`` asks (itself when None)."""
@@ -58,13 +60,7 @@ def balance_hidden(module: nn.Module, batches: Sequence[torch.Tensor], alpha: fl
 
         return record
 
-    handles = [block.pwconv2.register_forward_pre_hook(recorder(block)) for block in found]
-    try:
-        for batch in batches:
-            module(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_input_hooks(module, {block.pwconv2: recorder(block) for block in found}, batches)
     for block in found:
         weight = block.pwconv2.weight.abs().amax(dim=(0, 2, 3))
         scale = absmax[block].clamp(min=1e-6).pow(alpha) / weight.clamp(min=1e-6).pow(1 - alpha)

@@ -25,7 +25,7 @@ from torch import nn
 
 from edge_convnext.progress import bar
 
-from .ptq import in_layers
+from .ptq import in_layers, run_with_input_hooks
 
 QMAX = 127  # symmetric int8 weights, [-127, 127]
 OBSERVER_EPS = 2**-12  # the smallest scale the targets' weight observers give
@@ -96,13 +96,8 @@ def input_hessians(
 
         return record
 
-    handles = [layer.register_forward_pre_hook(recorder(n, layer)) for n, layer in targets.items()]
-    try:
-        for batch in batches:
-            module(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooks = {layer: recorder(name, layer) for name, layer in targets.items()}
+    run_with_input_hooks(module, hooks, batches)
     return {name: (sums[name] / rows[name]).float() for name in targets if name in sums}
 
 

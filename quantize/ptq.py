@@ -86,6 +86,21 @@ def _innermost_module_path(node: torch.fx.Node) -> str:
     return str(path).removeprefix("L['self'].")
 
 
+def run_with_input_hooks(
+    module: torch.nn.Module,
+    hooks: dict[torch.nn.Module, Callable],
+    batches: Sequence[torch.Tensor],
+) -> None:
+    """Run ``module`` on ``batches`` with ``hook(layer, inputs)`` seeing each layer's inputs."""
+    handles = [layer.register_forward_pre_hook(hook) for layer, hook in hooks.items()]
+    try:
+        for batch in batches:
+            module(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def contract_tensor(crops: np.ndarray, contract: str, preprocessing: Preprocessing) -> torch.Tensor:
     """``uint8 (N, H, W, 3)`` RGB crops as one tensor in ``contract``'s layout and dtype."""
     if contract == "app":

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edge_convnext.progress import bar
-from edge_convnext.quantize.ptq import in_layers
+from edge_convnext.quantize.ptq import in_layers, run_with_input_hooks
 
 
 @dataclass(frozen=True)
@@ -105,16 +105,13 @@ def layer_sensitivity(
 
 
 def _input_ranges(model, layers, inputs) -> dict[str, tuple[float, float]]:
-    ranges, hooks = {}, []
-    for name, layer in layers:
+    ranges = {}
 
-        def record(_module, args, name=name):
+    def recorder(name):
+        def record(_module, args):
             ranges[name] = (float(args[0].min()), float(args[0].max()))
 
-        hooks.append(layer.register_forward_pre_hook(record))
-    try:
-        model(inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+        return record
+
+    run_with_input_hooks(model, {layer: recorder(name) for name, layer in layers}, [inputs])
     return ranges
