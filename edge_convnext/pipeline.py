@@ -75,7 +75,7 @@ def build(
     quantized = None
     if recipe.needs_calibration:
         quantized = calibrate(loaded, recipe, target_module, contract, calibration, progress)
-    elif recipe.method == "qat":
+    elif recipe.is_qat:
         from .quantize import qat
 
         quantized = qat.finalize_checkpoint(from_qat, loaded, target, recipe, contract)
@@ -159,10 +159,10 @@ def _check_inputs(
             f"recipe {recipe.name!r} is calibrated: pass --calib DIR (a folder of images, e.g. "
             "ImageNet train or validation images not used for scoring)"
         )
-    if recipe.method == "qat" and from_qat is None:
+    if recipe.is_qat and from_qat is None:
         raise EdgeConvnextError(
             f"recipe {recipe.name!r} needs a QAT checkpoint: run `edge-convnext qat` first, then "
             "pass --from-qat CKPT"
         )
-    if recipe.method != "qat" and from_qat is not None:
+    if not recipe.is_qat and from_qat is not None:
         raise EdgeConvnextError(f"--from-qat goes with a QAT recipe, not {recipe.name!r}")

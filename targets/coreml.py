@@ -375,7 +375,7 @@ def _check_kmeans(compression: Compression) -> None:
 def weight_compression(recipe: Recipe) -> Compression | None:
     """How a weight-only recipe's weights are compressed; None for float and calibrated recipes
     (a PT2E graph brings its int8 weights as dequantize ops, which become constexprs)."""
-    if recipe.needs_calibration or recipe.method == "qat":
+    if recipe.needs_calibration or recipe.is_qat:
         return None
     return WEIGHT_COMPRESSION.get(recipe.weights)
 
