@@ -150,15 +150,32 @@ def ptq(
     Returns:
         The converted graph with quantize/dequantize nodes, ready for the target to lower.
     """
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    prepared = calibrated(module, example, scheme, calibration, progress=progress)
+    graph = convert_pt2e(prepared, fold_quantize=scheme.fold_quantize)
+    return QuantizedGraph(graph, scheme, {"method": "ptq", "calibration_images": len(calibration)})
+
+
+def calibrated(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    scheme: PT2EScheme,
+    calibration: Sequence[torch.Tensor],
+    *,
+    dynamic_batch: bool = False,
+    progress: bool = False,
+) -> torch.fx.GraphModule:
+    """The prepared PT2E graph of ``module`` with its observers run on ``calibration``."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     if not calibration:
         raise ValueError("static quantization needs at least one calibration image")
-    prepared = prepare_pt2e(export_for_quantization(module, example), scheme.quantizer)
+    graph = export_for_quantization(module, example, dynamic_batch=dynamic_batch)
+    prepared = prepare_pt2e(graph, scheme.quantizer)
     with torch.no_grad():
         for batch in bar(
             calibration, enabled=progress, desc="calibrating", unit="img", leave=False
         ):
             prepared(batch)
-    graph = convert_pt2e(prepared, fold_quantize=scheme.fold_quantize)
-    return QuantizedGraph(graph, scheme, {"method": "ptq", "calibration_images": len(calibration)})
+    return prepared

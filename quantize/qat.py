@@ -9,15 +9,19 @@ Everything that decides the result is a function of ``(config.seed, step)``: the
 step ``s`` and its flips are the same whether the run went straight through or was killed and
 resumed from a checkpoint, so a resumed run ends at the same weights.
 
+The student starts as the model PTQ would ship: SmoothQuant-balanced, GPTQ-rounded weights
+(:func:`start_point`) and PTQ's calibrated ranges for every activation and weight
+(:func:`calibrated_ranges`). Those ranges stay fixed, so the weights train on the grid PTQ chose.
+
 Known trap: PT2E QAT can collapse accuracy (pytorch #111192, #114859, both about BatchNorm folding
-and observer state). ConvNeXt has no BatchNorm; observers are calibrated on the first batches and
-frozen after ``freeze_observers_at`` of the steps, and every result is measured against PTQ.
+and observer state). ConvNeXt has no BatchNorm, no observer moves during training, and every result
+is measured against PTQ.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +33,17 @@ from edge_convnext.errors import EdgeConvnextError
 from edge_convnext.progress import bar as progress_bar
 
 from . import balance, gptq
-from .ptq import PT2EScheme, QuantizedGraph, contract_batches, export_for_quantization
+from .ptq import (
+    PT2EScheme,
+    QuantizedGraph,
+    calibrated,
+    contract_batches,
+    export_for_quantization,
+)
 from .recipes import QATConfig
 
-CHECKPOINT_FORMAT = 1
-START_POINT_IMAGES = 64  # training images that balance and GPTQ-round the starting weights
+CHECKPOINT_FORMAT = 2  # 2: ranges fixed at PTQ's from the start (1: moving-average observers)
+START_POINT_IMAGES = 64  # training images that balance, GPTQ-round and calibrate the start
 
 
 class QATRun:
@@ -47,10 +57,19 @@ class QATRun:
         device: "cpu" or "cuda".
         start: the float model the student starts from (:func:`start_point`; default: the
             teacher).
+        ranges: PTQ's ranges for the student's fake-quants (:func:`calibrated_ranges`); None
+            when a checkpoint's state, which holds them, is loaded next.
     """
 
     def __init__(
-        self, teacher, example, scheme: PT2EScheme, config: QATConfig, device="cpu", start=None
+        self,
+        teacher,
+        example,
+        scheme: PT2EScheme,
+        config: QATConfig,
+        device="cpu",
+        start=None,
+        ranges=None,
     ):
         from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
@@ -61,6 +80,8 @@ class QATRun:
         torch.manual_seed(config.seed)
         graph = export_for_quantization(start or teacher, example, dynamic_batch=True)
         self.student = prepare_qat_pt2e(graph, scheme.quantizer).to(self.device)
+        if ranges is not None:
+            fix_ranges(self.student, ranges)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.student.parameters() if p.requires_grad],
             lr=config.learning_rate,
@@ -75,7 +96,6 @@ class QATRun:
 
         config = self.config
         move_exported_model_to_train(self.student)
-        self._set_observers(enabled=self.step_index < config.steps * config.freeze_observers_at)
         inputs = inputs.to(self.device)
         with torch.no_grad():
             teacher_logits = self.teacher(inputs)
@@ -85,20 +105,12 @@ class QATRun:
             loss = loss + config.label_weight * F.cross_entropy(
                 student_logits, labels.to(self.device)
             )
-        if self.step_index >= config.calibration_steps:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
         self.step_index += 1
         self.losses.append(float(loss.detach()))
         return self.losses[-1]
-
-    def _set_observers(self, enabled: bool) -> None:
-        from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
-
-        for module in self.student.modules():
-            if isinstance(module, FakeQuantizeBase):
-                module.enable_observer() if enabled else module.disable_observer()
 
     def finalize(self) -> QuantizedGraph:
         """The converted (quantize/dequantize) graph, on CPU, for the target to lower."""
@@ -131,6 +143,79 @@ def start_point(teacher, recipe, batches):
     """The float model QAT starts from: PTQ's SmoothQuant balance and GPTQ-rounded weights, so
     training starts from what PTQ would ship."""
     return gptq.for_recipe(balance.for_recipe(teacher, recipe, batches), recipe, batches)
+
+
+@dataclass(frozen=True)
+class Range:
+    """One observer's calibrated quantization parameters, as PTQ would convert them."""
+
+    qscheme: torch.qscheme
+    quant_min: int
+    quant_max: int
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
+    def fits(self, fake) -> bool:
+        observer = fake.activation_post_process
+        return (self.qscheme, self.quant_min, self.quant_max) == (
+            observer.qscheme,
+            observer.quant_min,
+            observer.quant_max,
+        )
+
+    def apply(self, fake) -> None:
+        """Fix ``fake`` (a fake-quant module) at this range and stop its observer."""
+        observer = fake.activation_post_process
+        scale = self.scale.to(fake.scale.device)
+        zero = self.zero_point.to(fake.zero_point.device)
+        if self.qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric):
+            high = scale * (self.quant_max - self.quant_min) / 2
+            low = -high
+        else:
+            low = (self.quant_min - zero) * scale
+            high = (self.quant_max - zero) * scale
+        # The forward pass reads scale/zero_point; convert_pt2e recomputes them from min/max.
+        for buffer, value in (
+            (fake.scale, scale),
+            (fake.zero_point, zero.to(fake.zero_point.dtype)),
+            (observer.min_val, low),
+            (observer.max_val, high),
+        ):
+            if buffer.numel() != value.numel():
+                buffer.resize_(value.shape)
+            buffer.copy_(value.reshape(buffer.shape))  # a state dict loads in that shape
+        fake.disable_observer()
+
+
+def calibrated_ranges(start, example, scheme: PT2EScheme, batches) -> list[Range]:
+    """PTQ's ranges for ``start``: every observer of the target's PTQ quantizer (``scheme``,
+    histogram observers for activations), calibrated on ``batches``, in graph order."""
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    prepared = calibrated(start, example, scheme, batches, dynamic_batch=True)
+    return [
+        Range(module.qscheme, module.quant_min, module.quant_max, *module.calculate_qparams())
+        for module in prepared.modules()
+        if isinstance(module, ObserverBase)
+    ]
+
+
+def fix_ranges(student, ranges: list[Range]) -> None:
+    """Start every fake-quant of ``student`` at PTQ's range and keep it there.
+
+    The QAT quantizer places its fake-quants where the PTQ quantizer of the same target placed
+    its observers, in the same order; a mismatch is refused rather than paired wrongly.
+    """
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    fakes = [module for module in student.modules() if isinstance(module, FakeQuantizeBase)]
+    if len(fakes) != len(ranges) or not all(r.fits(f) for r, f in zip(ranges, fakes)):
+        raise EdgeConvnextError(
+            f"the QAT quantizer placed {len(fakes)} fake-quants where PTQ placed "
+            f"{len(ranges)} observers; cannot start QAT from PTQ's ranges"
+        )
+    for fake, calibrated_range in zip(fakes, ranges):
+        calibrated_range.apply(fake)
 
 
 def same_structure(teacher, meta: dict):
@@ -186,8 +271,13 @@ def load_checkpoint(path: Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged or foreign file
         raise EdgeConvnextError(f"{path}: not a readable QAT checkpoint ({error})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or "format" not in payload:
         raise EdgeConvnextError(f"{path}: not an edge-convnext QAT checkpoint")
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise EdgeConvnextError(
+            f"{path}: QAT checkpoint format {payload['format']}, this version reads "
+            f"{CHECKPOINT_FORMAT}; train again"
+        )
     return payload
 
 
@@ -241,12 +331,15 @@ def train(
     scheme = targets.get(target).quantization_scheme(recipe, qat=True)
     example = example_input(contract, loaded.preprocessing)
     teacher = with_contract(loaded, contract)
+    ranges = None
     if state is None:
         batches = contract_batches(pool[:START_POINT_IMAGES], contract, loaded.preprocessing)
         start = start_point(teacher, recipe, batches)
+        ptq_scheme = targets.get(target).quantization_scheme(recipe)
+        ranges = calibrated_ranges(start, example, ptq_scheme, batches)
     else:
         start = same_structure(teacher, meta)
-    run = QATRun(teacher, example, scheme, config, device, start)
+    run = QATRun(teacher, example, scheme, config, device, start, ranges)
     if state is not None:
         run.load_state(state)
     meta = {**meta, "training_images": training.manifest_entry()}  # audits leave them out

@@ -171,16 +171,12 @@ class QATConfig:
     weight_decay: float = 0.0
     temperature: float = 1.0
     label_weight: float = 0.0  # weight of cross-entropy on labels, when labels are given
-    calibration_steps: int = 4  # first steps observe ranges before gradients flow
-    freeze_observers_at: float = 0.8  # fraction of steps after which ranges stop moving
     checkpoint_every: int = 25
     seed: int = 0
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
-        if not 0.0 <= self.freeze_observers_at <= 1.0:
-            raise ValueError("freeze_observers_at is a fraction of the steps, in [0, 1]")
 
     @classmethod
     def from_dict(cls, data: dict) -> QATConfig:

@@ -243,6 +243,58 @@ def test_qat_starts_balanced_and_export_rebuilds_the_trained_graph(
     assert torch.equal(rebuilt(crops), run.finalize().graph(crops))
 
 
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_qat_starts_at_the_model_ptq_ships(target, tiny_checkpoints):
+    """Before any step, the QAT student converts to PTQ's graph: the same weights, the same
+    calibrated (histogram) activation ranges, not the moving-average min/max ones."""
+    _require(target)
+    import torch
+
+    from edge_convnext.quantize import qat
+    from edge_convnext.quantize.ptq import contract_batches, ptq
+    from edge_convnext.targets.lowering import example_input, with_contract
+
+    recipe = recipes.get("w8a8-qat")
+    loaded = pipeline.prepare_model(
+        str(tiny_checkpoints["convnextv2-tiny-1k-224"]), targets.rewrites_for(target, recipe.name)
+    )
+    teacher = with_contract(loaded, "app")
+    example = example_input("app", loaded.preprocessing)
+    batches = contract_batches(_crops()[:4], "app", loaded.preprocessing)
+    start = qat.start_point(teacher, recipe, batches)
+    target_module = targets.get(target)
+    ranges = qat.calibrated_ranges(
+        start, example, target_module.quantization_scheme(recipe), batches
+    )
+    qat_scheme = target_module.quantization_scheme(recipe, qat=True)
+    config = recipes.QATConfig(steps=1)
+    trained = qat.QATRun(teacher, example, qat_scheme, config, start=start, ranges=ranges)
+    shipped = ptq(start, example, target_module.quantization_scheme(recipe), batches, False).graph
+
+    assert _quantize_params(trained.finalize().graph) == pytest.approx(_quantize_params(shipped))
+    crops = torch.from_numpy(_crops()[4:]).split(1)  # PTQ's graph is exported at batch 1
+    with torch.no_grad():
+        qat_logits, ptq_logits, float_logits = (
+            torch.cat([g(c) for c in crops]) for g in (trained.finalize().graph, shipped, start)
+        )
+    assert (qat_logits - ptq_logits).abs().max() < 0.01 * (ptq_logits - float_logits).abs().max()
+    untouched = qat.QATRun(teacher, example, qat_scheme, config, start=start)
+    untouched.step(batches[0])  # moving-average observers: their own ranges
+    assert _quantize_params(untouched.finalize().graph) != pytest.approx(_quantize_params(shipped))
+    with pytest.raises(EdgeConvnextError, match="cannot start QAT"):
+        qat.fix_ranges(untouched.student, ranges[:-1])
+
+
+def _quantize_params(graph) -> list[float]:
+    """Scale and zero point of every per-tensor quantize node, in graph order."""
+    return [
+        float(value)
+        for node in graph.graph.nodes
+        if "quantize_per_tensor" in str(node.target) and "dequantize" not in str(node.target)
+        for value in node.args[1:3]
+    ]
+
+
 def test_qat_changed_options_or_foreign_file_are_refused(tiny_checkpoints, calib_dir, tmp_path):
     from edge_convnext.quantize import qat
 
