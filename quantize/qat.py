@@ -209,12 +209,12 @@ def fix_ranges(student, ranges: list[Range]) -> None:
     from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
     fakes = [module for module in student.modules() if isinstance(module, FakeQuantizeBase)]
-    if len(fakes) != len(ranges) or not all(r.fits(f) for r, f in zip(ranges, fakes)):
+    if len(fakes) != len(ranges) or not all(r.fits(f) for r, f in zip(ranges, fakes, strict=False)):
         raise EdgeConvnextError(
             f"the QAT quantizer placed {len(fakes)} fake-quants where PTQ placed "
             f"{len(ranges)} observers; cannot start QAT from PTQ's ranges"
         )
-    for fake, calibrated_range in zip(fakes, ranges):
+    for fake, calibrated_range in zip(fakes, ranges, strict=True):
         calibrated_range.apply(fake)
 
 
