@@ -117,3 +117,14 @@ def test_kl_is_stable_for_large_logits():
 
 def test_latency_percentiles():
     assert metrics.latency_percentiles(np.arange(1, 11)) == {"p50": 5.5, "p90": 9.1}
+
+
+def test_expected_agreement_matches_the_mean_of_many_noise_draws():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 50))
+    assert metrics.expected_agreement(ref, ref) == 1.0
+    noise = 0.05 * rng.normal(size=(400, *ref.shape))
+    observed = np.mean([metrics.agreement_top1(ref + n, ref) for n in noise])
+    one_draw = ref + noise[0]
+    assert metrics.expected_agreement(one_draw, ref) == pytest.approx(observed, abs=0.01)
+    assert 0.9 < observed < 0.98  # the noise flips some images, not none or most
