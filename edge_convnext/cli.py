@@ -252,9 +252,12 @@ def _add_qat(commands) -> None:
             """
             Fine-tune MODEL with fake quantization from --target's int8 quantizer, by
             distillation from the float model on unlabeled images (KL divergence of logits), so
-            no labelled training set is needed. Checkpoints are written atomically every
-            --checkpoint-every steps; if the run is killed, the same command with --resume
-            continues from the last checkpoint and ends at the same weights. Then export it with
+            no labelled training set is needed. Training starts at the model PTQ would ship
+            (SmoothQuant-balanced, GPTQ-rounded weights, PTQ's calibrated activation ranges,
+            all from the first 64 images); the ranges stay fixed while the weights train.
+            Checkpoints are written atomically every --checkpoint-every steps; if the run is
+            killed, the same command with --resume continues from the last checkpoint and ends
+            at the same weights. Then export it with
             `edge-convnext export --target T --recipe w8a8-qat --from-qat CKPT`.
             """
         ),
