@@ -303,6 +303,11 @@ def test_qat_changed_options_or_foreign_file_are_refused(tiny_checkpoints, calib
         qat.load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(EdgeConvnextError, match="no such QAT checkpoint"):
         qat.load_checkpoint(tmp_path / "missing.pt")
+    import torch
+
+    torch.save({"format": 1, "meta": {}}, tmp_path / "old.pt")  # moving-average observers
+    with pytest.raises(EdgeConvnextError, match="format 1.*train again"):
+        qat.load_checkpoint(tmp_path / "old.pt")
 
 
 def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise():
