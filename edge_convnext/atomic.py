@@ -11,11 +11,13 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it onto ``final``.
 
     Works for files and directories (``.mlpackage``). On error the temporary is removed and
-    any existing ``final`` is left untouched.
+    any existing ``final`` is left untouched. The staging folder is private (``mkdtemp``: 0700),
+    but what is written inside it is created with ``open``/``mkdir``, so it keeps the umask's
+    permissions through the rename.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -41,13 +43,15 @@ def _replace(source: Path, final: Path) -> None:
         os.replace(source, final)
 
 
-def write_text(final: Path, text: str) -> None:
-    """Write ``text`` to ``final`` via a temporary file and rename."""
-    with atomic_path(final) as temporary:
-        temporary.write_text(text)
+def write_text(final: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``final`` via a temporary file and rename; returns ``final``."""
+    with atomic_path(Path(final)) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(final)
 
 
-def write_bytes(final: Path, data: bytes) -> None:
-    """Write ``data`` to ``final`` via a temporary file and rename."""
-    with atomic_path(final) as temporary:
+def write_bytes(final: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``final`` via a temporary file and rename; returns ``final``."""
+    with atomic_path(Path(final)) as temporary:
         temporary.write_bytes(data)
+    return Path(final)

@@ -11,24 +11,24 @@ torch). Torch-free: numpy, Pillow, optionally tqdm and matplotlib.
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from . import metrics
-from .data import Dataset, Sample, atomic_write_bytes, load_dataset, sha256_hex
-from .errors import EdgeConvnextError, ImageError, choices
+from . import metrics, report
+from .data import Dataset, Sample, error_reason, load_dataset, sha256_hex
+from .errors import ImageError, NotFoundError, UsageError, choices
+from .manifest import size_of
 from .preprocess import Preprocessing, resize_and_crop
+from .progress import bar
+from .results import ArtifactMetrics, ArtifactResult, AuditResult, Predictions
 
 NUM_CLASSES = 1000
-PREDICTIONS_FORMAT = "edge-convnext-predictions"
-PREDICTIONS_VERSION = 1
 MAX_CONSECUTIVE_FAILURES = 3
 _CHUNK = 32  # images decoded at a time: bounds memory, keeps each runner hot over a chunk
 
@@ -54,172 +54,6 @@ class Runner(Protocol):
     note: str | None
 
     def __call__(self, crops: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """One artifact's logits from a ``predictions.npz`` written by an earlier audit.
-
-    Attributes:
-        path: the ``.npz`` file.
-        name, target, recipe: the artifact as it was audited.
-        keys: sample keys, aligned with ``logits``.
-        sha256: sha256 of each image's bytes (``""`` where unknown).
-        logits: ``float32 (n, 1000)``; rows of images the artifact did not score are dropped.
-    """
-
-    path: Path
-    name: str
-    target: str
-    recipe: str
-    keys: list[str]
-    sha256: list[str]
-    logits: np.ndarray
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, artifact: str | None = None) -> Predictions:
-        """Read one artifact of a ``predictions.npz``.
-
-        Args:
-            path: the file.
-            artifact: which artifact; defaults to the file's own reference, else its only artifact.
-
-        Raises:
-            EdgeConvnextError: unreadable file, or ``artifact`` missing / ambiguous.
-        """
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError) as error:
-            raise EdgeConvnextError(f"{path}: cannot read predictions ({error})") from None
-        if str(arrays.get("format", "")) != PREDICTIONS_FORMAT:
-            raise EdgeConvnextError(f"{path}: not an edge-convnext predictions.npz")
-        names = [str(n) for n in arrays["names"]]
-        index = _pick_artifact(path, names, artifact, str(arrays["reference"]))
-        scored = arrays[f"scored_{index}"]
-        return cls(
-            path=path,
-            name=names[index],
-            target=str(arrays["targets"][index]),
-            recipe=str(arrays["recipes"][index]),
-            keys=[str(k) for k in arrays["keys"][scored]],
-            sha256=[str(s) for s in arrays["sha256"][scored]],
-            logits=arrays[f"logits_{index}"][scored].astype(np.float32),
-        )
-
-
-def _pick_artifact(path: Path, names: list[str], artifact: str | None, reference: str) -> int:
-    if artifact is None:
-        if len(names) == 1:
-            return 0
-        if reference in names:
-            return names.index(reference)
-        raise EdgeConvnextError(
-            f"{path} holds {len(names)} artifacts; pick one with {path}#NAME, NAME one of "
-            f"{choices(names)}"
-        )
-    if artifact not in names:
-        raise EdgeConvnextError(f"{path}: no artifact {artifact!r}; it has {choices(names)}")
-    return names.index(artifact)
-
-
-@dataclass
-class ArtifactMetrics:
-    """Numbers of one artifact; ``None`` where not applicable (no reference, nothing scored).
-
-    Attributes:
-        n: images scored.
-        top1, top5: accuracy with Wilson 95 % intervals.
-        agreement_top1: fraction of shared images whose top-1 equals the reference's.
-        mcnemar_p: exact McNemar p-value of top-1 correctness against the reference.
-        cosine_mean, snr_db, kl_mean: logit fidelity against the reference.
-        n_compared: images compared with the reference.
-        latency_ms: ``{"p50", "p90"}`` batch-1 latency, ``None`` if not measured here.
-    """
-
-    n: int
-    top1: metrics.Proportion | None = None
-    top5: metrics.Proportion | None = None
-    agreement_top1: float | None = None
-    mcnemar_p: float | None = None
-    cosine_mean: float | None = None
-    snr_db: float | None = None
-    kl_mean: float | None = None
-    n_compared: int | None = None
-    latency_ms: dict[str, float] | None = None
-
-
-@dataclass
-class ArtifactResult:
-    """One row of the audit: an artifact's logits over the readable images and its numbers.
-
-    Attributes:
-        name, target, recipe: as the runner gave them.
-        note: caveats for the report (the runner's own, then the audit's), or ``None``.
-        size_mb: artifact size in MB (10^6 bytes), ``None`` without a path.
-        is_reference: whether the other rows are compared with this one.
-        logits: ``float32 (n_readable, 1000)``, NaN rows where not scored.
-        scored: boolean ``(n_readable,)``.
-        latencies_ms: per scored image, in scoring order.
-        errors: ``[{"file", "reason"}]``: unreadable images, then this runner's failures.
-        metrics: filled in by :func:`run_audit`.
-    """
-
-    name: str
-    target: str
-    recipe: str
-    note: str | None
-    size_mb: float | None
-    is_reference: bool
-    logits: np.ndarray
-    scored: np.ndarray
-    latencies_ms: list[float] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
-    metrics: ArtifactMetrics | None = None
-
-
-@dataclass
-class AuditResult:
-    """Everything an audit measured.
-
-    Attributes:
-        keys, sources, labels: the readable images, sorted by key.
-        n_images: images audited, readable or not.
-        errors: ``[{"file", "reason"}]`` of unreadable images (excluded from every denominator).
-        hashes: sha256 of every image's bytes by key (``None`` if the bytes could not be read).
-        artifacts: one row per artifact, the reference first when it is not one of the runners.
-        reference: name of the reference row, or ``None``.
-    """
-
-    keys: list[str]
-    sources: list[str]
-    labels: np.ndarray
-    n_images: int
-    errors: list[dict]
-    hashes: dict[str, str | None]
-    artifacts: list[ArtifactResult]
-    reference: str | None = None
-
-    def write_predictions(self, path: str | os.PathLike) -> Path:
-        """Write ``predictions.npz`` (keys, labels, sha256 and logits per artifact) atomically."""
-        arrays = {
-            "format": np.array(PREDICTIONS_FORMAT),
-            "version": np.array(PREDICTIONS_VERSION),
-            "reference": np.array(self.reference or ""),
-            "keys": np.array(self.keys, dtype=str),
-            "labels": np.asarray(self.labels, dtype=np.int64),
-            "sha256": np.array([self.hashes.get(k) or "" for k in self.keys], dtype=str),
-            "names": np.array([a.name for a in self.artifacts], dtype=str),
-            "targets": np.array([a.target for a in self.artifacts], dtype=str),
-            "recipes": np.array([a.recipe for a in self.artifacts], dtype=str),
-        }
-        for i, artifact in enumerate(self.artifacts):
-            arrays[f"logits_{i}"] = artifact.logits
-            arrays[f"scored_{i}"] = artifact.scored
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return atomic_write_bytes(path, buffer.getvalue())
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -264,21 +98,22 @@ def run_audit(
         An :class:`AuditResult` with metrics filled in.
 
     Raises:
-        EdgeConvnextError: no runners, duplicate names, or an unknown reference.
+        UsageError: no runners, duplicate names, or an unknown reference.
     """
     runners = list(runners)
     reference_runner, predictions = _resolve_reference(reference, runners)
     if reference_runner is not None and all(r is not reference_runner for r in runners):
         runners.insert(0, reference_runner)
     if not runners and predictions is None:
-        raise EdgeConvnextError("nothing to audit: give at least one model")
+        raise UsageError("nothing to audit: give at least one model")
     _check_unique([r.name for r in runners])
     samples = sorted(samples, key=lambda s: s.key)
     states = [_State(r, _new_row(r, len(samples), r is reference_runner)) for r in runners]
     hashes: dict[str, str | None] = {}
     errors: list[dict] = []
     readable = np.zeros(len(samples), dtype=bool)
-    with _progress_bar(len(samples) * len(states), progress) as bar:
+    total = len(samples) * len(states)
+    with bar(enabled=progress, total=total, unit="img", dynamic_ncols=True) as progress_bar:
         # Read in source order so parquet row groups and directories are visited once.
         order = sorted(range(len(samples)), key=lambda i: _read_order(samples[i]))
         preprocessings = list(dict.fromkeys(r.preprocessing for r in runners))
@@ -290,9 +125,9 @@ def run_audit(
                     readable[i] = True
                     decoded.append(item)
             for state in states:
-                bar.set_description(_short(state.runner.name))
+                progress_bar.set_description(_short(state.runner.name))
                 _run_chunk(state, decoded, samples)
-                bar.update(len(order[start : start + _CHUNK]))
+                progress_bar.update(len(order[start : start + _CHUNK]))
     return _finish(samples, readable, states, predictions, hashes, errors, reference_runner)
 
 
@@ -308,7 +143,7 @@ def _new_row(runner: Runner, n: int, is_reference: bool) -> ArtifactResult:
         target=runner.target,
         recipe=runner.recipe,
         note=getattr(runner, "note", None),
-        size_mb=artifact_size_mb(getattr(runner, "path", None)),
+        size_mb=_size_mb(getattr(runner, "path", None)),
         is_reference=is_reference,
         logits=np.full((n, NUM_CLASSES), np.nan, dtype=np.float32),
         scored=np.zeros(n, dtype=bool),
@@ -318,7 +153,7 @@ def _new_row(runner: Runner, n: int, is_reference: bool) -> ArtifactResult:
 def _check_unique(names: list[str]) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise EdgeConvnextError(f"each model must be audited once; repeated: {choices(duplicates)}")
+        raise UsageError(f"each model must be audited once; repeated: {choices(duplicates)}")
 
 
 def _short(name: str, width: int = 32) -> str:
@@ -339,16 +174,12 @@ def _decode(
         image = sample.open(data)
         crops = {p: resize_and_crop(image, p) for p in preprocessings}
     except ImageError as error:
-        errors.append({"file": sample.source, "reason": _reason(error, sample.source)})
+        errors.append({"file": sample.source, "reason": error_reason(error, sample.source)})
         return None
     except (OSError, ValueError) as error:
         errors.append({"file": sample.source, "reason": f"cannot decode image ({error})"})
         return None
     return _Decoded(index, crops)
-
-
-def _reason(error: Exception, source: str) -> str:
-    return str(error).removeprefix(f"{source}: ")
 
 
 def _run_chunk(state: _State, decoded: list[_Decoded], samples: Sequence[Sample]) -> None:
@@ -383,40 +214,11 @@ def _call(state: _State, crop: np.ndarray) -> tuple[np.ndarray, float]:
     return logits.reshape(NUM_CLASSES), elapsed
 
 
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def set_description(self, _text: str) -> None:
-        return None
-
-    def update(self, _n: int) -> None:
-        return None
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, unit="img", dynamic_ncols=True)
-
-
-def artifact_size_mb(path: str | os.PathLike | None) -> float | None:
+def _size_mb(path: str | os.PathLike | None) -> float | None:
     """Size of an artifact file or folder (e.g. ``.mlpackage``) in MB (10^6 bytes)."""
-    if path is None:
+    if path is None or not Path(path).exists():
         return None
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size / 1e6
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
-    return None
+    return size_of(Path(path)) / 1e6
 
 
 # --- reference -----------------------------------------------------------------------------------
@@ -438,9 +240,9 @@ def _resolve_reference(
     file, _, artifact = text.partition("#")
     if file.endswith(".npz"):
         if not Path(file).is_file():
-            raise EdgeConvnextError(f"reference predictions {file}: no such file")
+            raise NotFoundError(f"reference predictions {file}: no such file")
         return None, Predictions.load(file, artifact or None)
-    raise EdgeConvnextError(
+    raise UsageError(
         f"reference {text!r} is neither an audited model ({choices(r.name for r in runners)}) "
         "nor a predictions.npz from an earlier audit"
     )
@@ -577,10 +379,10 @@ def _notes(row: ArtifactResult) -> str | None:
     return "; ".join(notes) or None
 
 
-# --- entry point ---------------------------------------------------------------------------------
+# --- audit and report ----------------------------------------------------------------------------
 
 
-def main(
+def run(
     models: Sequence[Runner],
     data: str | os.PathLike,
     layout: str | None = None,
@@ -594,7 +396,7 @@ def main(
     exclude: Iterable[str | os.PathLike] = (),
     progress: bool = True,
 ) -> Path:
-    """Audit ``models`` on ImageNet validation images and write the report; the CLI's entry point.
+    """Audit ``models`` on ImageNet validation images and write the report.
 
     Writes ``report.json``, ``report.md``, ``accuracy.png``, ``tradeoff.png`` (if matplotlib is
     installed), ``predictions.npz`` (reusable as ``reference=`` elsewhere) and ``manifest.json``
@@ -614,14 +416,12 @@ def main(
     Returns:
         Path of ``report.json``.
     """
-    from .report import write_report  # report imports this module
-
     dataset = select_dataset(data, layout, labels_file, per_class, limit, seed, manifest, exclude)
     result = run_audit(models, dataset.samples, reference=reference, progress=progress)
     out = Path(out)
     result.write_predictions(out / "predictions.npz")
     manifest_sha = dataset.write_manifest(out / "manifest.json", result.hashes)
-    return write_report(result, dataset, out, out / "manifest.json", manifest_sha)
+    return report.write_report(result, dataset, out, out / "manifest.json", manifest_sha)
 
 
 def select_dataset(
@@ -639,5 +439,5 @@ def select_dataset(
     if manifest is None:
         return dataset.select(per_class=per_class, limit=limit, seed=seed, exclude=exclude)
     if per_class is not None or limit is not None:
-        raise EdgeConvnextError("a manifest fixes the images; drop per_class / limit")
+        raise UsageError("a manifest fixes the images; drop per_class / limit")
     return dataset.from_manifest(manifest, exclude=exclude)

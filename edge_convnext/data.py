@@ -32,7 +32,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from .errors import DatasetError, ImageError, choices
+from . import atomic
+from .errors import DatasetError, DatasetNotFoundError, ImageError, choices
 from .labels import imagenet_wnids
 from .preprocess import IMAGE_SUFFIXES, open_rgb
 
@@ -115,29 +116,20 @@ def _relabel_error(opener: Callable[[Path], Image.Image], path: Path, source: st
     try:
         return opener(path)
     except ImageError as error:
-        message = str(error)
-        prefix = f"{path}: "
-        raise ImageError(source + ": " + message.removeprefix(prefix)) from None
+        raise ImageError(f"{source}: {error_reason(error, path)}") from None
+
+
+def error_reason(error: Exception, path: str | os.PathLike) -> str:
+    """The message of ``error`` without the ``"<path>: "`` prefix image errors start with.
+
+    For a report or a JSON line that names the image in its own field.
+    """
+    return str(error).removeprefix(f"{os.fspath(path)}: ")
 
 
 def sha256_hex(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclass
@@ -272,7 +264,7 @@ class Dataset:
     ) -> str:
         """Write the manifest atomically; returns the sha256 of the file written."""
         data = self.manifest_bytes(hashes)
-        atomic_write_bytes(path, data)
+        atomic.write_bytes(path, data)
         return sha256_hex(data)
 
 
@@ -375,10 +367,10 @@ def load_dataset(
     """
     root = Path(data)
     if not root.exists():
-        raise DatasetError(f"{root}: no such file or folder")
+        raise DatasetNotFoundError(f"{root}: no such file or folder")
     labels_path = Path(labels_file) if labels_file is not None else None
     if labels_path is not None and not labels_path.is_file():
-        raise DatasetError(f"{labels_path}: labels file not found")
+        raise DatasetNotFoundError(f"{labels_path}: labels file not found")
     if root.is_file():
         root, layout, labels_path = _file_as_root(root, layout, labels_path)
     if layout is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import error_reason
 from .errors import ImageError
 from .preprocess import IMAGE_SUFFIXES, find_images, load_crop
 
@@ -67,17 +68,10 @@ def classify(runner, inputs: list[str], top_k: int = 5) -> Iterator[Prediction]:
         try:
             crop = load_crop(image, runner.preprocessing)
         except ImageError as error:
-            yield Prediction(image, error=_reason(error, image))
+            yield Prediction(image, error=error_reason(error, Path(image)))
             continue
         probabilities = softmax(runner(crop))[0]
         best = np.argsort(-probabilities, kind="stable")[:top_k]
         yield Prediction(
             image, top_k=[(int(i), runner.labels[i], float(probabilities[i])) for i in best]
         )
-
-
-def _reason(error: Exception, image: str) -> str:
-    """The error text without the path prefix (the JSON line already names the image)."""
-    text = str(error)
-    prefix = f"{Path(image)}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text

@@ -1,8 +1,9 @@
 """Audit reports: ``report.json``, ``report.md`` and PNG plots (if matplotlib is installed).
 
-Every file is written through a temporary file and ``os.replace``, so a crash never leaves a
-half-written report. Fractions are in [0, 1] in JSON and percentages in Markdown; ``null`` marks
-what does not apply (no reference, nothing scored, latency not measured here).
+Every file is written through :mod:`edge_convnext.atomic` (staged beside it, renamed once), so a
+crash never leaves a half-written report. Fractions are in [0, 1] in JSON and percentages in
+Markdown; ``null`` marks what does not apply (no reference, nothing scored, latency not measured
+here).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import math
 import os
 from pathlib import Path
 
-from .audit import ArtifactResult, AuditResult
-from .data import Dataset, atomic_write_bytes
+from . import atomic
+from .data import Dataset
 from .metrics import Proportion
+from .results import ArtifactResult, AuditResult
 
 ACCURACY_PNG = "accuracy.png"
 TRADEOFF_PNG = "tradeoff.png"
@@ -92,12 +94,10 @@ def write_report(
     """Write ``report.json``, the plots and ``report.md`` into ``out``; returns the JSON path."""
     out = Path(out)
     report = build_report(result, dataset, manifest, manifest_sha256)
-    json_path = atomic_write_bytes(
-        out / "report.json", (json.dumps(report, indent=2) + "\n").encode()
-    )
+    json_path = atomic.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     plots, plot_note = write_plots(report, out)
     markdown = report_markdown(report, plots, plot_note, result.reference)
-    atomic_write_bytes(out / "report.md", markdown.encode())
+    atomic.write_text(out / "report.md", markdown)
     return json_path
 
 
@@ -249,7 +249,7 @@ def _save(figure, path: Path) -> None:
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def _label(a: dict, width: int = 36) -> str:

@@ -151,6 +151,13 @@ def to_grid(column: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.round(column / scale), -QMAX, QMAX) * scale
 
 
+def fake_quantize_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (``(out, ...)``, any rank) rounded to nearest on the grid the targets ship:
+    per output channel, symmetric int8, :func:`channel_scale`."""
+    flat = weight.reshape(weight.shape[0], -1)
+    return to_grid(flat, channel_scale(flat)[:, None]).reshape(weight.shape)
+
+
 def keep_channel_maxima(rounded: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """Put back each row's largest-magnitude weight (exactly ``±127 * scale``), so the observer
     finds the scale GPTQ rounded to."""

@@ -1,7 +1,8 @@
 """Per-layer sensitivity: how much each layer alone hurts the logits when quantized to w8a8.
 
-For every Conv2d/Linear, that layer's weights are fake-quantized per output channel (symmetric
-int8) and its input per tensor (affine int8, min/max over the calibration images) while the rest
+For every Conv2d/Linear, that layer's weights are fake-quantized on the grid the targets ship
+(:func:`~edge_convnext.quantize.gptq.fake_quantize_weight`: per output channel, symmetric int8)
+and its input per tensor (affine int8, min/max over the calibration images) while the rest
 of the model stays float; the SQNR of the logits against the float model ranks the layers. It is
 target-independent and cheap (one pass per layer), and it tells which layers to keep in float
 (``export --keep-float N``).
@@ -15,7 +16,9 @@ import torch
 from torch import nn
 
 from edge_convnext.progress import bar
-from edge_convnext.quantize.ptq import in_layers, run_with_input_hooks
+
+from .gptq import fake_quantize_weight
+from .ptq import in_layers, run_with_input_hooks
 
 
 @dataclass(frozen=True)
@@ -35,14 +38,6 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     noise = (reference - approximation).double().pow(2).sum()
     signal = reference.double().pow(2).sum()
     return float("inf") if noise == 0 else float(10 * torch.log10(signal / noise))
-
-
-def fake_quantize_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 (-127..127), as XNNPACK and LiteRT store weights."""
-    flat = weight.reshape(weight.shape[0], -1)
-    scale = flat.abs().amax(dim=1).clamp(min=1e-12) / 127
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return (weight / scale.view(shape)).round().clamp(-127, 127) * scale.view(shape)
 
 
 def fake_quantize_activation(x: torch.Tensor, low: float, high: float) -> torch.Tensor:

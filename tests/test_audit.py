@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_convnext import audit, metrics
+from edge_convnext import atomic, audit, metrics
 from edge_convnext.data import load_dataset
 from edge_convnext.errors import DatasetError, EdgeConvnextError
 from edge_convnext.preprocess import Preprocessing
@@ -87,7 +87,7 @@ def test_full_report(data_root, tmp_path):
     artifact = tmp_path / "toy.pte"
     artifact.write_bytes(b"x" * 2_500_000)
     runners = [ToyRunner(), quantized_runner(path=artifact, note="toy runtime")]
-    path = audit.main(
+    path = audit.run(
         runners,
         data_root,
         per_class=3,
@@ -148,7 +148,7 @@ def _sha256(path: Path) -> str:
 def test_identical_runner_has_perfect_agreement(data_root, tmp_path):
     runners = [ToyRunner(), ToyRunner(name="copy.tflite", target="tflite")]
     report = _report(
-        audit.main(runners, data_root, reference="toy-fp32", out=tmp_path, progress=False)
+        audit.run(runners, data_root, reference="toy-fp32", out=tmp_path, progress=False)
     )
     copy = report["artifacts"][1]
     assert copy["agreement_top1"] == 1.0 and copy["mcnemar_p"] == 1.0
@@ -157,7 +157,7 @@ def test_identical_runner_has_perfect_agreement(data_root, tmp_path):
 
 
 def test_no_reference_leaves_comparisons_null(data_root, tmp_path):
-    report = _report(audit.main([quantized_runner()], data_root, out=tmp_path, progress=False))
+    report = _report(audit.run([quantized_runner()], data_root, out=tmp_path, progress=False))
     row = report["artifacts"][0]
     for key in ("agreement_top1", "mcnemar_p", "cosine_mean", "snr_db", "kl_mean"):
         assert row[key] is None
@@ -175,7 +175,7 @@ def test_separate_reference_runner_is_audited_first(data_root, tmp_path):
 def test_predictions_file_as_reference(data_root, tmp_path):
     """The workstation audits torch; the Pi audits only its artifact against predictions.npz."""
     first = _report(
-        audit.main(
+        audit.run(
             [ToyRunner(), quantized_runner()],
             data_root,
             reference="toy-fp32",
@@ -184,7 +184,7 @@ def test_predictions_file_as_reference(data_root, tmp_path):
         )
     )
     pi = _report(
-        audit.main(
+        audit.run(
             [quantized_runner()],
             data_root,
             reference=tmp_path / "pc" / "predictions.npz",
@@ -213,14 +213,14 @@ def test_predictions_file_as_reference(data_root, tmp_path):
 
 def test_predictions_file_artifact_choice(data_root, tmp_path):
     runners = [ToyRunner(), quantized_runner()]
-    audit.main(runners, data_root, out=tmp_path, progress=False)
+    audit.run(runners, data_root, out=tmp_path, progress=False)
     npz = tmp_path / "predictions.npz"
     with pytest.raises(EdgeConvnextError, match="holds 2 artifacts.*'toy-fp32'"):
-        audit.main(
+        audit.run(
             [ToyRunner(name="other")], data_root, reference=npz, out=tmp_path / "b", progress=False
         )
     report = _report(
-        audit.main(
+        audit.run(
             [ToyRunner(name="other")],
             data_root,
             reference=f"{npz}#toy-w8a8.pte",
@@ -236,11 +236,11 @@ def test_predictions_file_artifact_choice(data_root, tmp_path):
 def test_predictions_of_changed_images_are_not_compared(tmp_path):
     photos = make_photos(per_class=2, seed=4)
     root = build_imagefolder(tmp_path / "data", photos)
-    audit.main([ToyRunner()], root, out=tmp_path / "a", progress=False)
+    audit.run([ToyRunner()], root, out=tmp_path / "a", progress=False)
     changed = load_dataset(root).samples[0]
     changed.path.write_bytes(photos[-1].data if photos[-1].name != changed.key else photos[0].data)
     report = _report(
-        audit.main(
+        audit.run(
             [quantized_runner()],
             root,
             reference=tmp_path / "a" / "predictions.npz",
@@ -273,7 +273,7 @@ def test_failing_runners_do_not_stop_the_audit(data_root, tmp_path):
 
     runners = [ToyRunner(), Broken(name="broken"), Flaky(name="flaky"), WrongShape(name="shape")]
     report = _report(
-        audit.main(runners, data_root, reference="toy-fp32", out=tmp_path, progress=False)
+        audit.run(runners, data_root, reference="toy-fp32", out=tmp_path, progress=False)
     )
     ok, broken, flaky, shape = report["artifacts"]
     assert ok["n"] == 16
@@ -327,7 +327,7 @@ def test_manifest_rerun_gives_identical_numbers(tmp_path):
     folder = build_imagefolder(tmp_path / "folder", photos)
     flat = build_devkit(tmp_path / "flat", photos)
     first = _report(
-        audit.main(
+        audit.run(
             [ToyRunner(), quantized_runner()],
             folder,
             per_class=2,
@@ -338,7 +338,7 @@ def test_manifest_rerun_gives_identical_numbers(tmp_path):
         )
     )
     again = _report(
-        audit.main(
+        audit.run(
             [ToyRunner(), quantized_runner()],
             flat,
             reference="toy-fp32",
@@ -354,7 +354,7 @@ def test_manifest_rerun_gives_identical_numbers(tmp_path):
     assert (again["dataset"]["per_class"], again["dataset"]["seed"]) == (2, 3)
     assert again["dataset"]["manifest_sha256"] == first["dataset"]["manifest_sha256"]
     with pytest.raises(EdgeConvnextError, match="manifest fixes the images"):
-        audit.main(
+        audit.run(
             [ToyRunner()],
             flat,
             per_class=2,
@@ -367,10 +367,10 @@ def test_manifest_rerun_gives_identical_numbers(tmp_path):
 def test_manifest_mismatch_stops_before_running(tmp_path):
     photos = make_photos(per_class=2, seed=2)
     root = build_imagefolder(tmp_path / "data", photos)
-    audit.main([ToyRunner()], root, out=tmp_path / "a", progress=False)
+    audit.run([ToyRunner()], root, out=tmp_path / "a", progress=False)
     load_dataset(root).samples[2].path.write_bytes(b"changed")
     with pytest.raises(DatasetError, match="sha256"):
-        audit.main(
+        audit.run(
             [ToyRunner()],
             root,
             manifest=tmp_path / "a" / "manifest.json",
@@ -382,15 +382,32 @@ def test_manifest_mismatch_stops_before_running(tmp_path):
 
 def test_exclude_in_main(data_root, tmp_path):
     excluded = load_dataset(data_root).samples[0].key
-    audit.main([ToyRunner()], data_root, exclude=[excluded], out=tmp_path, progress=False)
+    audit.run([ToyRunner()], data_root, exclude=[excluded], out=tmp_path, progress=False)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert excluded not in {image["key"] for image in manifest["images"]}
     assert manifest["n_images"] == 15
 
 
+def test_written_files_get_the_umask_permissions(data_root, tmp_path):
+    """Staging goes through mkdtemp (0700); what lands in place looks as if open() wrote it."""
+    previous = os.umask(0o027)
+    try:
+        audit.run([ToyRunner()], data_root, limit=2, out=tmp_path, progress=False)
+        with atomic.atomic_path(tmp_path / "toy.mlpackage") as staged:
+            staged.mkdir()
+            (staged / "weights.bin").write_bytes(b"w")
+    finally:
+        os.umask(previous)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"report.json", "predictions.npz", "manifest.json"}
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o640}
+    assert (tmp_path / "toy.mlpackage").stat().st_mode & 0o777 == 0o750
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
 def test_without_matplotlib(data_root, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
-    audit.main([ToyRunner()], data_root, limit=3, out=tmp_path, progress=False)
+    audit.run([ToyRunner()], data_root, limit=3, out=tmp_path, progress=False)
     assert not list(tmp_path.glob("*.png"))
     assert "matplotlib is not installed" in (tmp_path / "report.md").read_text()
 
@@ -399,7 +416,7 @@ def test_without_matplotlib(data_root, tmp_path, monkeypatch):
 def test_progress_bar_is_optional(data_root, tmp_path, monkeypatch, capsys, tqdm_available):
     if not tqdm_available:
         monkeypatch.setitem(sys.modules, "tqdm", None)
-    audit.main([ToyRunner()], data_root, limit=2, out=tmp_path, progress=True)
+    audit.run([ToyRunner()], data_root, limit=2, out=tmp_path, progress=True)
     assert ("toy-fp32" in capsys.readouterr().err) == tqdm_available
 
 

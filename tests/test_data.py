@@ -516,7 +516,7 @@ def test_audit_numbers_are_identical_in_every_layout(tmp_path, photos):
     for layout in sorted(BUILDERS):
         root = BUILDERS[layout](tmp_path / layout, photos)
         runners = [ToyRunner(), quantized_runner()]
-        path = audit.main(
+        path = audit.run(
             runners, root, reference="toy-fp32", out=tmp_path / f"out-{layout}", progress=False
         )
         reports[layout] = json.loads(path.read_text())
@@ -533,7 +533,7 @@ def test_bad_files_are_listed_and_counted(tmp_path, photos):
     _write(folder / "ILSVRC2012_val_00000901.JPEG", b"")
     _write(folder / "ILSVRC2012_val_00000902.JPEG", b"this is a text file, not a JPEG\n")
     _write(folder / "ILSVRC2012_val_00000903.JPEG", photos[0].data[: len(photos[0].data) // 2])
-    path = audit.main([ToyRunner()], root, out=tmp_path / "out", progress=False)
+    path = audit.run([ToyRunner()], root, out=tmp_path / "out", progress=False)
     report = json.loads(path.read_text())
     row, dataset = report["artifacts"][0], report["dataset"]
     reasons = {Path(e["file"]).name: e["reason"] for e in row["errors"]}
@@ -551,7 +551,7 @@ def test_bad_parquet_rows_are_listed(tmp_path, photos):
         {"image": {"bytes": b"not an image", "path": "ILSVRC2012_val_00000902.JPEG"}, "label": 2},
     ]
     root = build_parquet(tmp_path / "data", photos, extra=extra)
-    path = audit.main([ToyRunner()], root, out=tmp_path / "out", progress=False)
+    path = audit.run([ToyRunner()], root, out=tmp_path / "out", progress=False)
     report = json.loads(path.read_text())
     errors = report["artifacts"][0]["errors"]
     assert [e["file"] for e in errors] == [

@@ -1,0 +1,187 @@
+"""What an audit measured: per-artifact rows, their numbers, and ``predictions.npz``.
+
+Plain data shared by :mod:`edge_convnext.audit` (which fills it) and :mod:`edge_convnext.report`
+(which renders it), so the report needs nothing from the audit and the audit can call it.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic, metrics
+from .errors import ArtifactError, UsageError, choices
+
+PREDICTIONS_FORMAT = "edge-convnext-predictions"
+PREDICTIONS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One artifact's logits from a ``predictions.npz`` written by an earlier audit.
+
+    Attributes:
+        path: the ``.npz`` file.
+        name, target, recipe: the artifact as it was audited.
+        keys: sample keys, aligned with ``logits``.
+        sha256: sha256 of each image's bytes (``""`` where unknown).
+        logits: ``float32 (n, 1000)``; rows of images the artifact did not score are dropped.
+    """
+
+    path: Path
+    name: str
+    target: str
+    recipe: str
+    keys: list[str]
+    sha256: list[str]
+    logits: np.ndarray
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, artifact: str | None = None) -> Predictions:
+        """Read one artifact of a ``predictions.npz``.
+
+        Args:
+            path: the file.
+            artifact: which artifact; defaults to the file's own reference, else its only artifact.
+
+        Raises:
+            ArtifactError: unreadable file. UsageError: ``artifact`` missing / ambiguous.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError) as error:
+            raise ArtifactError(f"{path}: cannot read predictions ({error})") from None
+        if str(arrays.get("format", "")) != PREDICTIONS_FORMAT:
+            raise ArtifactError(f"{path}: not an edge-convnext predictions.npz")
+        names = [str(n) for n in arrays["names"]]
+        index = _pick_artifact(path, names, artifact, str(arrays["reference"]))
+        scored = arrays[f"scored_{index}"]
+        return cls(
+            path=path,
+            name=names[index],
+            target=str(arrays["targets"][index]),
+            recipe=str(arrays["recipes"][index]),
+            keys=[str(k) for k in arrays["keys"][scored]],
+            sha256=[str(s) for s in arrays["sha256"][scored]],
+            logits=arrays[f"logits_{index}"][scored].astype(np.float32),
+        )
+
+
+def _pick_artifact(path: Path, names: list[str], artifact: str | None, reference: str) -> int:
+    if artifact is None:
+        if len(names) == 1:
+            return 0
+        if reference in names:
+            return names.index(reference)
+        raise UsageError(
+            f"{path} holds {len(names)} artifacts; pick one with {path}#NAME, NAME one of "
+            f"{choices(names)}"
+        )
+    if artifact not in names:
+        raise UsageError(f"{path}: no artifact {artifact!r}; it has {choices(names)}")
+    return names.index(artifact)
+
+
+@dataclass
+class ArtifactMetrics:
+    """Numbers of one artifact; ``None`` where not applicable (no reference, nothing scored).
+
+    Attributes:
+        n: images scored.
+        top1, top5: accuracy with Wilson 95 % intervals.
+        agreement_top1: fraction of shared images whose top-1 equals the reference's.
+        mcnemar_p: exact McNemar p-value of top-1 correctness against the reference.
+        cosine_mean, snr_db, kl_mean: logit fidelity against the reference.
+        n_compared: images compared with the reference.
+        latency_ms: ``{"p50", "p90"}`` batch-1 latency, ``None`` if not measured here.
+    """
+
+    n: int
+    top1: metrics.Proportion | None = None
+    top5: metrics.Proportion | None = None
+    agreement_top1: float | None = None
+    mcnemar_p: float | None = None
+    cosine_mean: float | None = None
+    snr_db: float | None = None
+    kl_mean: float | None = None
+    n_compared: int | None = None
+    latency_ms: dict[str, float] | None = None
+
+
+@dataclass
+class ArtifactResult:
+    """One row of the audit: an artifact's logits over the readable images and its numbers.
+
+    Attributes:
+        name, target, recipe: as the runner gave them.
+        note: caveats for the report (the runner's own, then the audit's), or ``None``.
+        size_mb: artifact size in MB (10^6 bytes), ``None`` without a path.
+        is_reference: whether the other rows are compared with this one.
+        logits: ``float32 (n_readable, 1000)``, NaN rows where not scored.
+        scored: boolean ``(n_readable,)``.
+        latencies_ms: per scored image, in scoring order.
+        errors: ``[{"file", "reason"}]``: unreadable images, then this runner's failures.
+        metrics: filled in by :func:`edge_convnext.audit.run_audit`.
+    """
+
+    name: str
+    target: str
+    recipe: str
+    note: str | None
+    size_mb: float | None
+    is_reference: bool
+    logits: np.ndarray
+    scored: np.ndarray
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    metrics: ArtifactMetrics | None = None
+
+
+@dataclass
+class AuditResult:
+    """Everything an audit measured.
+
+    Attributes:
+        keys, sources, labels: the readable images, sorted by key.
+        n_images: images audited, readable or not.
+        errors: ``[{"file", "reason"}]`` of unreadable images (excluded from every denominator).
+        hashes: sha256 of every image's bytes by key (``None`` if the bytes could not be read).
+        artifacts: one row per artifact, the reference first when it is not one of the runners.
+        reference: name of the reference row, or ``None``.
+    """
+
+    keys: list[str]
+    sources: list[str]
+    labels: np.ndarray
+    n_images: int
+    errors: list[dict]
+    hashes: dict[str, str | None]
+    artifacts: list[ArtifactResult]
+    reference: str | None = None
+
+    def write_predictions(self, path: str | os.PathLike) -> Path:
+        """Write ``predictions.npz`` (keys, labels, sha256 and logits per artifact) atomically."""
+        arrays = {
+            "format": np.array(PREDICTIONS_FORMAT),
+            "version": np.array(PREDICTIONS_VERSION),
+            "reference": np.array(self.reference or ""),
+            "keys": np.array(self.keys, dtype=str),
+            "labels": np.asarray(self.labels, dtype=np.int64),
+            "sha256": np.array([self.hashes.get(k) or "" for k in self.keys], dtype=str),
+            "names": np.array([a.name for a in self.artifacts], dtype=str),
+            "targets": np.array([a.target for a in self.artifacts], dtype=str),
+            "recipes": np.array([a.recipe for a in self.artifacts], dtype=str),
+        }
+        for i, artifact in enumerate(self.artifacts):
+            arrays[f"logits_{i}"] = artifact.logits
+            arrays[f"scored_{i}"] = artifact.scored
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return atomic.write_bytes(path, buffer.getvalue())
