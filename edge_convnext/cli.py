@@ -1,20 +1,25 @@
 """``edge-convnext``: the command line. A thin layer: parse, call the library, print.
 
-Exit status: 0 success; 1 some inputs failed (each reported); 2 usage errors (bad option,
-missing checkpoint, unsupported target x recipe).
+Exit status (the rule lives in ``errors``: a ``UsageError`` is 2, any other error 1): 0 success;
+1 some inputs or artifacts failed (unreadable image, corrupt checkpoint or artifact, a runtime
+error, a dataset with no usable images; each reported); 2 usage errors (a bad or out-of-range
+option, unknown target or recipe, unsupported target x recipe, a missing required input: a path
+that does not exist, a Hub id that cannot be resolved, no --calib for a calibrated recipe);
+130 interrupted. User errors never print a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import textwrap
 
-from .errors import EdgeConvnextError
+from .errors import EXIT_FAILED, EXIT_OK, EdgeConvnextError, NotFoundError, UsageError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -23,6 +28,27 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 def _section(text: str) -> str:
     return textwrap.dedent(text).strip("\n")
+
+
+def _number(kind: type = int, low: float = 1, *, strict: bool = False):
+    """An argparse ``type=``: a finite ``kind`` (int or float) ``>= low`` (``> low`` if ``strict``).
+
+    Anything else is argparse's usage error (exit 2) naming the valid range, e.g.
+    ``argument --steps: invalid value '0': expected an integer >= 1``.
+    """
+    what = "an integer" if kind is int else "a finite number"
+    expected = f"{what} {'>' if strict else '>='} {low}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {expected}")
+        return value
+
+    return parse
 
 
 MAIN_DESCRIPTION = _section(
@@ -44,7 +70,16 @@ MAIN_EPILOG = _section(
       edge-convnext predict out/convnext-tiny-224.fp32.app.tflite photos/ --json
 
     Run `edge-convnext COMMAND --help` for each command's manual.
-    exit status: 0 ok, 1 some inputs failed (each reported), 2 usage error.
+
+    exit status:
+      0    ok
+      1    some inputs or artifacts failed, each reported: an unreadable image, a corrupt
+           checkpoint or artifact (or its sidecar), a dataset with no usable images, a
+           converter or runtime error
+      2    usage: a bad or out-of-range option, an unknown target, recipe or seed, an
+           unsupported target x recipe, a missing required input (a path that does not
+           exist, a Hub id that cannot be resolved, no --calib for a calibrated recipe)
+      130  interrupted (Ctrl-C)
     """
 )
 
@@ -84,7 +119,8 @@ def _add_predict(commands) -> None:
               or, for an image that cannot be read, {"image": PATH, "error": REASON}.
               PATH is as given on the command line, or as found under a given directory.
 
-            exit status: 0 all images classified, 1 some failed, 2 usage error.
+            exit status: 0 all images classified, 1 some failed (each on its line, or the
+            model or artifact failed to load or run), 2 usage error (see edge-convnext --help).
 
             examples:
               edge-convnext predict --random-init convnext-tiny-224 cat.jpg
@@ -95,9 +131,13 @@ def _add_predict(commands) -> None:
     )
     parser.add_argument("model", metavar="MODEL", help="Hub id, checkpoint dir, seed, or artifact")
     parser.add_argument("images", metavar="IMAGE_OR_DIR", nargs="+", help="image files or dirs")
-    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (5)")
+    parser.add_argument(
+        "--top-k", type=_number(int, 1), default=5, metavar="K", help="classes per image (5)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all)")
+    parser.add_argument(
+        "--threads", type=_number(int, 1), default=None, help="runtime threads (default: all)"
+    )
     _add_model_source(parser)
     parser.set_defaults(run=_run_predict)
 
@@ -125,19 +165,23 @@ def _run_predict(args) -> int:
 
 
 def _add_export(commands) -> None:
-    from .manifest import CONTRACTS, DEFAULT_CONTRACT
+    from . import contracts, targets
     from .quantize.recipes import RECIPES
-    from .targets import REWRITES, SUPPORT
 
     support = "\n".join(
-        f"  {target:<11} {', '.join(recipes)}" for target, recipes in SUPPORT.items()
+        f"  {target:<11} {', '.join(recipes)}" for target, recipes in targets.support().items()
     )
     recipe_lines = "\n".join(f"  {r.name:<11} {r.description}" for r in RECIPES.values())
-    contract_lines = "\n".join(f"  {name:<11} {text}" for name, text in CONTRACTS.items())
-    per_target = "\n".join(f"  {t:<11} {', '.join(names)}" for t, names in REWRITES.items())
+    contract_lines = "\n".join(
+        f"  {c.name:<11} {c.description}" for c in contracts.CONTRACTS.values()
+    )
+    per_target = "\n".join(
+        f"  {t:<11} {', '.join(targets.get(t).rewrites)}" for t in targets.names()
+    )
+    suffixes = ", ".join(targets.suffixes())
     parser = commands.add_parser(
         "export",
-        help="lower a checkpoint to a .pte, .tflite or .mlpackage artifact",
+        help=f"lower a checkpoint to an artifact ({suffixes})",
         formatter_class=_formatter,
         description=_section(
             """
@@ -145,11 +189,12 @@ def _add_export(commands) -> None:
             --target with --recipe, plus a sidecar manifest <artifact>.json (input contract,
             labels, sha256, tool versions, weights licence). Files are written to a temporary
             name and renamed, so an interrupted export never leaves a half-written artifact.
-            Prints the artifact path. Artifacts are named <model>.<recipe>.<contract><suffix>.
+            Prints the artifact path. Artifacts are named <model>.<recipe>.<contract><suffix>,
             """
-        ),
+        )
+        + f"\nwith suffix {suffixes}.",
         epilog=f"supported target x recipe:\n{support}\n\nrecipes:\n{recipe_lines}\n\n"
-        f"input contracts (--contract, default {DEFAULT_CONTRACT}):\n{contract_lines}\n\n"
+        f"input contracts (--contract, default {contracts.DEFAULT.name}):\n{contract_lines}\n\n"
         "graph rewrites applied before lowering (logits unchanged; described in\n"
         f"edge_convnext/rewrites.py; int8-full keeps the portable first two):\n{per_target}\n\n"
         "examples:\n"
@@ -163,10 +208,13 @@ def _add_export(commands) -> None:
         help="Hub id, checkpoint dir, or seed (default with --from-qat: the "
         "model the checkpoint was trained from)",
     )
-    parser.add_argument("--target", required=True, choices=sorted(SUPPORT), help="runtime")
+    parser.add_argument("--target", required=True, choices=targets.names(), help="runtime")
     parser.add_argument("--recipe", default="fp32", help="numerics recipe (default fp32)")
     parser.add_argument(
-        "--contract", default=DEFAULT_CONTRACT, choices=sorted(CONTRACTS), help="input contract"
+        "--contract",
+        default=contracts.DEFAULT.name,
+        choices=sorted(contracts.CONTRACTS),
+        help="input contract",
     )
     parser.add_argument("-o", "--out", default=".", metavar="DIR", help="output dir (default .)")
     parser.add_argument(
@@ -179,14 +227,16 @@ def _add_export(commands) -> None:
     quant.add_argument("--calib", metavar="DIR", help="calibration images (static int8 recipes)")
     quant.add_argument(
         "--calib-size",
-        type=int,
+        type=_number(int, 1),
         metavar="N",
         help="calibration images to use, stratified by class when labelled (default: the recipe's)",
     )
-    quant.add_argument("--calib-seed", type=int, default=0, help="calibration pick seed (0)")
+    quant.add_argument(
+        "--calib-seed", type=_number(int, 0), default=0, help="calibration pick seed (0)"
+    )
     quant.add_argument(
         "--keep-float",
-        type=int,
+        type=_number(int, 0),
         default=0,
         metavar="N",
         help="keep the N layers most sensitive to quantization in float "
@@ -210,7 +260,7 @@ def _run_export(args) -> int:
         meta = load_checkpoint(Path(args.from_qat))["meta"]
         model, random, seed = meta["model"], meta["random_init"], meta["model_seed"]
     if model is None:
-        raise EdgeConvnextError("export needs MODEL (or --from-qat CKPT)")
+        raise UsageError("export needs MODEL (or --from-qat CKPT)")
     calibration = Calibration(
         Path(args.calib) if args.calib else None, args.calib_size, args.calib_seed, args.keep_float
     )
@@ -238,12 +288,11 @@ def _rewrite_names(text: str | None) -> tuple[str, ...] | None:
 
 
 def _add_qat(commands) -> None:
-    from .manifest import CONTRACTS, DEFAULT_CONTRACT
+    from . import contracts, targets
     from .quantize.recipes import QATConfig
-    from .targets import SUPPORT
 
     defaults = QATConfig()
-    qat_targets = sorted(t for t, recipes in SUPPORT.items() if "w8a8-qat" in recipes)
+    qat_targets = [t for t, recipes in targets.support().items() if "w8a8-qat" in recipes]
     parser = commands.add_parser(
         "qat",
         help="quantization-aware training by distillation (resumable)",
@@ -279,24 +328,32 @@ def _add_qat(commands) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="training images (unlabeled)")
     parser.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B")
+    parser.add_argument(
+        "--steps", type=_number(int, 1), default=defaults.steps, help="optimiser steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=_number(int, 1), default=defaults.batch_size, metavar="B"
+    )
     parser.add_argument(
         "--lr",
-        type=float,
+        type=_number(float, 0, strict=True),
         default=defaults.learning_rate,
         help="AdamW learning rate (default %(default)s)",
     )
     parser.add_argument(
         "--images",
-        type=int,
+        type=_number(int, 1),
         default=512,
         metavar="N",
         help="images drawn from --data (decoded once; default 512)",
     )
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    parser.add_argument("--train-seed", type=int, default=0, help="data order seed (0)")
-    parser.add_argument("--contract", default=DEFAULT_CONTRACT, choices=sorted(CONTRACTS))
+    parser.add_argument(
+        "--checkpoint-every", type=_number(int, 1), default=defaults.checkpoint_every
+    )
+    parser.add_argument("--train-seed", type=_number(int, 0), default=0, help="data order seed (0)")
+    parser.add_argument(
+        "--contract", default=contracts.DEFAULT.name, choices=sorted(contracts.CONTRACTS)
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_source(parser)
@@ -306,6 +363,7 @@ def _add_qat(commands) -> None:
 def _run_qat(args) -> int:
     from pathlib import Path
 
+    from .pipeline import prepare_model
     from .quantize.qat import train
     from .quantize.recipes import QATConfig
 
@@ -322,6 +380,7 @@ def _run_qat(args) -> int:
         Path(args.data),
         Path(args.out),
         config,
+        load_model=prepare_model,
         contract=args.contract,
         images=args.images,
         random_init=args.random_init,
@@ -361,12 +420,12 @@ def _run_inspect(args) -> int:
     from .errors import UnsupportedError
 
     path = Path(args.artifact)
-    target = targets.target_for_path(path)
+    target = targets.for_artifact(path)
     if target is None:
-        raise UnsupportedError(f"{path}: not an artifact; expected {', '.join(targets.SUFFIXES)}")
+        raise UnsupportedError(f"{path}: not an artifact; expected {', '.join(targets.suffixes())}")
     if not path.exists():
-        raise EdgeConvnextError(f"{path}: no such artifact")
-    info = {"manifest": asdict(manifest.read(path)), "runtime": targets.get(target).describe(path)}
+        raise NotFoundError(f"{path}: no such artifact")
+    info = {"manifest": asdict(manifest.read(path)), "runtime": target.describe(path)}
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
@@ -432,10 +491,14 @@ def _add_audit(commands) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="ImageNet validation images")
     subset = parser.add_argument_group("subset")
     choice = subset.add_mutually_exclusive_group()
-    choice.add_argument("--per-class", type=int, metavar="K", help="K images per class, stratified")
-    choice.add_argument("--limit", type=int, metavar="N", help="N images in all")
+    choice.add_argument(
+        "--per-class", type=_number(int, 1), metavar="K", help="K images per class, stratified"
+    )
+    choice.add_argument("--limit", type=_number(int, 1), metavar="N", help="N images in all")
     choice.add_argument("--manifest", metavar="FILE", help="re-run the images of an earlier audit")
-    subset.add_argument("--seed", type=int, default=0, help="subset (and --random-init) seed (0)")
+    subset.add_argument(
+        "--seed", type=_number(int, 0), default=0, help="subset (and --random-init) seed (0)"
+    )
     subset.add_argument("--layout", choices=LAYOUTS, help="dataset layout (default: detect)")
     subset.add_argument(
         "--labels", metavar="FILE", help="ground-truth file, if not found in --data"
@@ -455,7 +518,9 @@ def _add_audit(commands) -> None:
         "predictions.npz[#NAME] from an earlier audit (default: the first)",
     )
     parser.add_argument("--out", default="audit", metavar="DIR", help="output dir (./audit)")
-    parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all)")
+    parser.add_argument(
+        "--threads", type=_number(int, 1), default=None, help="runtime threads (default: all)"
+    )
     parser.add_argument(
         "--random-init",
         action="store_true",
@@ -487,7 +552,7 @@ def _run_audit(args) -> int:
         reference = open_runner(
             reference, random=args.random_init, seed=args.seed, threads=args.threads
         )
-    report = audit.main(
+    report = audit.run(
         runners,
         args.data,
         layout=args.layout,
@@ -522,16 +587,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; return its exit status (0, 1, 2 or 130: see the module docstring).
+
+    A user error prints one ``edge-convnext: error: ...`` line and no traceback, and returns the
+    ``exit_status`` of its class (``errors`` holds the rule); bad options are argparse's
+    ``SystemExit(2)``.
+    """
     try:
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except EdgeConvnextError as error:
         print(f"edge-convnext: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return error.exit_status
     except KeyboardInterrupt:
         print("edge-convnext: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED

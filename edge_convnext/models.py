@@ -18,7 +18,7 @@ import torch
 import transformers
 from safetensors import SafetensorError
 
-from .errors import CheckpointError, choices
+from .errors import CheckpointError, CheckpointNotFoundError, choices
 from .labels import imagenet_labels
 from .preprocess import Preprocessing
 from .seeds import SEEDS, Seed, find_seed
@@ -80,7 +80,7 @@ def load(ref: str | Path, *, random: bool = False, seed: int = 0, revision: str 
     if path.exists():
         return _load_local(path)
     if str(ref).startswith((".", "/", "~")) or str(ref).count("/") != 1:
-        raise CheckpointError(
+        raise CheckpointNotFoundError(
             f"{ref}: no such checkpoint directory, and not a Hub id (expected 'owner/name'); "
             f"seed models: {choices(s.hub_id for s in SEEDS.values())}"
         )
@@ -103,7 +103,7 @@ def random_init(seed_name: str, seed: int = 0, **config_overrides) -> LoadedMode
     """A seed's architecture with transformers' own init, seeded by ``seed`` (no network)."""
     spec = find_seed(seed_name)
     if spec is None:
-        raise CheckpointError(
+        raise CheckpointNotFoundError(
             f"--random-init needs a seed model, got {seed_name!r}; choose one of "
             f"{choices(list(SEEDS) + [s.hub_id for s in SEEDS.values()])}"
         )
@@ -154,7 +154,7 @@ def _load_hub(hub_id: str, revision: str | None) -> LoadedModel:
         model_class = _model_class(config.model_type, hub_id)
         hf_model = model_class.from_pretrained(hub_id, revision=revision).eval()
     except OSError as error:
-        raise CheckpointError(
+        raise CheckpointNotFoundError(
             f"{hub_id}: cannot fetch it from the Hugging Face Hub or find it in the local cache "
             f"({str(error).splitlines()[0]}). Offline? Pass a local checkpoint directory "
             "(config.json + model.safetensors), or --random-init to build a seed model with "

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_convnext.errors import UnsupportedError, choices
+from edge_convnext.errors import ArtifactError, choices
 
 NOTE = "reference evaluation of the MIL program in numpy, not Core ML runtime numerics"
 
@@ -271,7 +271,7 @@ def _gelu(x: np.ndarray, mode: str = "EXACT") -> np.ndarray:
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
     if mode == "SIGMOID_APPROXIMATION":
         return x / (1.0 + np.exp(-1.702 * x))
-    raise UnsupportedError(f"gelu mode {mode!r} is not supported")
+    raise ArtifactError(f"gelu mode {mode!r} is not supported")
 
 
 @_register(_OPS, "softmax")
@@ -387,7 +387,7 @@ def _conv_pads(
     if pad_type == "custom":
         return [(pad[2 * i], pad[2 * i + 1]) for i in range(len(spatial))]
     if pad_type not in ("same", "same_lower"):
-        raise UnsupportedError(f"conv pad_type {pad_type!r} is not supported")
+        raise ArtifactError(f"conv pad_type {pad_type!r} is not supported")
     pads = []
     for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
         total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
@@ -785,18 +785,22 @@ class MilEvaluator:
         """Parse a saved ``.mlpackage`` (an ML Program) once.
 
         Raises:
-            UnsupportedError: The model is not an ML Program, or uses an op this evaluator lacks.
+            ArtifactError: The model is not an ML Program, or uses an op this evaluator lacks.
         """
         import coremltools as ct
         from coremltools.converters.mil.frontend.milproto.load import load
 
-        model = ct.models.MLModel(str(path), skip_model_load=True)
-        spec = model.get_spec()
-        if spec.WhichOneof("Type") != "mlProgram":
-            raise UnsupportedError(
-                f"{path} is a {spec.WhichOneof('Type')!r} model; only ML Programs can be evaluated"
-            )
-        program = load(spec, spec.specificationVersion, model.weights_dir)
+        try:
+            model = ct.models.MLModel(str(path), skip_model_load=True)
+            spec = model.get_spec()
+            if spec.WhichOneof("Type") != "mlProgram":
+                raise ArtifactError(
+                    f"{path} is a {spec.WhichOneof('Type')!r} model; only ML Programs can be "
+                    "evaluated"
+                )
+            program = load(spec, spec.specificationVersion, model.weights_dir)
+        except (OSError, RuntimeError, ValueError) as error:  # a damaged package or weight file
+            raise ArtifactError(f"{path}: coremltools cannot read the package ({error})") from None
         function_name = spec.description.defaultFunctionName or "main"
         return cls._compile(program.functions[function_name], spec)
 
@@ -874,8 +878,8 @@ def _declared(value: Any, dtype: np.dtype | None) -> Any:
     return value.astype(dtype) if dtype is not None and dtype == np.float16 else value
 
 
-def _unsupported(op: Any) -> UnsupportedError:
-    return UnsupportedError(
+def _unsupported(op: Any) -> ArtifactError:
+    return ArtifactError(
         f"MIL op {op.op_type!r} (op {op.name!r}) is not supported by the numpy reference "
         f"evaluator; supported ops: {choices(sorted(SUPPORTED_OPS))}"
     )

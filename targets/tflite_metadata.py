@@ -27,7 +27,7 @@ import numpy as np
 from flatbuffers import number_types
 from flatbuffers.table import Table
 
-from edge_convnext.errors import EdgeConvnextError
+from edge_convnext.errors import ArtifactError, EdgeConvnextError, NotFoundError
 
 METADATA_BUFFER_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -303,7 +303,7 @@ class _Reader:
 def parse_metadata(buf: bytes) -> dict:
     """A ``ModelMetadata`` flatbuffer as a dict (the fields an image classifier uses)."""
     if buf[4:8] != METADATA_IDENTIFIER:
-        raise EdgeConvnextError(f"metadata buffer has identifier {buf[4:8]!r}, expected M001")
+        raise ArtifactError(f"metadata buffer has identifier {buf[4:8]!r}, expected M001")
     root = _Reader(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
     subgraphs = root.tables(3)
     subgraph = subgraphs[0] if subgraphs else None
@@ -382,15 +382,15 @@ def read_metadata(path: str | Path) -> dict:
     file has no metadata.
 
     Raises:
-        EdgeConvnextError: the file is missing or its metadata cannot be parsed.
+        NotFoundError: the file is missing. ArtifactError: its metadata cannot be parsed.
     """
     path = Path(path)
     if not path.is_file():
-        raise EdgeConvnextError(f"{path}: no such .tflite file")
+        raise NotFoundError(f"{path}: no such .tflite file")
     try:
         return metadata_from_bytes(path.read_bytes())
     except EdgeConvnextError as error:
-        raise EdgeConvnextError(f"{path}: {error}") from None
+        raise ArtifactError(f"{path}: {error}") from None
 
 
 def metadata_from_bytes(model: bytes) -> dict:
@@ -401,7 +401,7 @@ def metadata_from_bytes(model: bytes) -> dict:
     try:
         result = parse_metadata(buf)
     except (IndexError, ValueError, UnicodeDecodeError) as error:
-        raise EdgeConvnextError(f"unreadable TFLite Metadata ({error})") from None
+        raise ArtifactError(f"unreadable TFLite Metadata ({error})") from None
     files = associated_files(model)
     result["normalization"] = next(
         (t["normalization"] for t in result["inputs"] if "normalization" in t), None

@@ -11,7 +11,7 @@ import pytest
 ct = pytest.importorskip("coremltools", reason="needs the coreml extra (coremltools)")
 torch = pytest.importorskip("torch", reason="needs the torch extra")
 
-from edge_convnext.errors import UnsupportedError  # noqa: E402
+from edge_convnext.errors import ArtifactError  # noqa: E402
 from edge_convnext.targets.coreml_mil import NOTE, MilEvaluator, erf, erfc  # noqa: E402
 
 nn = torch.nn
@@ -230,7 +230,7 @@ def test_unknown_op_names_op_and_supported_list(tmp_path):
             return torch.cumsum(x, dim=1)
 
     path = convert(Cumsum(), torch.rand(1, 4), tmp_path / "cumsum.mlpackage")
-    with pytest.raises(UnsupportedError, match=r"'cumsum'.*supported ops:.*'conv'"):
+    with pytest.raises(ArtifactError, match=r"'cumsum'.*supported ops:.*'conv'"):
         MilEvaluator.from_mlpackage(path)
 
 
