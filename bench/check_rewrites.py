@@ -1,7 +1,7 @@
 """Check that the delegate rewrites keep fp32 logits within 1e-5 on real photos (both seeds).
 
 Runs every rewrite alone and the full delegate set (``targets.XNNPACK_REWRITES``) on top of
-the default rewrites, on seeded models whose blocks matter
+the portable ones (``targets.PORTABLE_REWRITES``), on seeded models whose blocks matter
 (:func:`edge_convnext.testing.nontrivial_model`), and reports the max abs logit difference.
 
     python bench/check_rewrites.py [--data DIR] [--images N]
@@ -43,9 +43,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.manual_seed(0)
     batch = photo_batch(args.data, args.images)
-    new = [name for name in DELEGATE_REWRITES if name not in rewrites.DEFAULT]
+    new = [name for name in DELEGATE_REWRITES if name not in targets.PORTABLE_REWRITES]
     cases = {name: (name,) for name in new}
-    cases["default + all delegate rewrites"] = DELEGATE_REWRITES
+    cases["portable + all delegate rewrites"] = DELEGATE_REWRITES
     failures = 0
     for seed_name in SEEDS:
         model = nontrivial_model(seed_name).module

@@ -9,7 +9,7 @@ and cosine vs eager fp32 on real images not used for calibration, and writes JSO
 The ``.pte`` and ``.tflite`` files are what ``edge-convnext export`` writes (``pipeline.build``,
 ``float-nchw`` contract, recipes ``fp32`` and ``w8a8`` calibrated on the first ``--calib``
 images) run by the toolkit's own runners. ``--rewrites portable`` exports them without the
-XNNPACK rewrites (``targets.REWRITES``), to measure what those buy (``bench/FINDINGS.md``).
+XNNPACK rewrites (``Target.rewrites_for``), to measure what those buy (``bench/FINDINGS.md``).
 Eager PyTorch and ONNX Runtime run the model with the portable rewrites only.
 
     python bench/speed.py --seed-model convnext-tiny-224 --threads 2 --calib 32 --rounds 20
@@ -44,7 +44,7 @@ class Context:
     """What every build function gets."""
 
     seed_model: str
-    rewrites: str  # "target" (targets.REWRITES) | "portable" (targets.PORTABLE_REWRITES)
+    rewrites: str  # "target" (Target.rewrites_for) | "portable" (targets.PORTABLE_REWRITES)
     threads: int
     reference: object  # torch module, portable rewrites (what eager PyTorch runs)
     checkpoint: Path  # save_pretrained directory of the same weights, for pipeline.build
@@ -54,9 +54,10 @@ class Context:
 
     def rewrite_names(self, target: str, recipe: str) -> tuple[str, ...]:
         from edge_convnext import targets
+        from edge_convnext.quantize import recipes
 
         if self.rewrites == "target":
-            return targets.rewrites_for(target, recipe)
+            return targets.get(target).rewrites_for(recipes.get(recipe))
         return targets.PORTABLE_REWRITES
 
 
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rewrites",
         choices=("target", "portable"),
         default="target",
-        help="target: each target's rewrites (targets.REWRITES, what export does); portable: "
+        help="target: each target's rewrites (Target.rewrites_for, what export does); portable: "
         "only the portable ones, to measure what the XNNPACK rewrites buy",
     )
     parser.add_argument(
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from edge_convnext import rewrites
+    from edge_convnext import rewrites, targets
     from edge_convnext.preprocess import find_images
     from edge_convnext.testing import nontrivial_model
 
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval:
         held_out = held_out[: args.eval]
     seeded = nontrivial_model(args.seed_model)
-    reference = rewrites.apply(seeded.module).eval()
+    reference = rewrites.apply(seeded.module, targets.PORTABLE_REWRITES).eval()
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="edge-convnext-bench-") as workdir:

@@ -1,12 +1,13 @@
 """The whole flow, top-down: checkpoint -> rewrites -> (quantize) -> target artifact.
 
 models.load()            transformers model + preprocessing, labels, licence
-rewrites.apply()         the target's module swaps that lower well (targets.REWRITES; logits
+rewrites.apply()         the target's module swaps that lower well (Target.rewrites_for; logits
                          unchanged)
-quantize.ptq() / qat     recipe (data) + the target's own PT2E quantizer
-                         (or, for recipes in targets.<t>.CALIBRATES_ITSELF, the calibration
-                         images go to export(), which quantizes its own converted graph)
-targets.<t>.export()     artifact + sidecar manifest, written atomically
+quantize                 what Target.calibration(recipe) asks for: a PT2E graph from
+                         quantize.ptq (GRAPH) or quantize.qat, with the target's own quantizer,
+                         or the calibration images themselves (IMAGES: export() quantizes its
+                         own converted model)
+Target.export()          artifact + sidecar manifest, written atomically
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from pathlib import Path
 
 import torch
 
-from . import manifest, models, rewrites, targets
-from .errors import EdgeConvnextError
+from . import contracts, models, rewrites, targets
+from .contracts import InputContract
+from .errors import UsageError
+from .manifest import QuantizationRecord
 from .quantize import recipes
 from .quantize.recipes import Recipe
+from .targets import Quantization, Target
 
 SENSITIVITY_IMAGES = 8  # enough to rank layers; each layer costs one pass over them
 
@@ -44,7 +48,7 @@ def build(
     recipe_name: str,
     out_dir: Path,
     *,
-    contract: str = manifest.DEFAULT_CONTRACT,
+    contract: str | InputContract = contracts.DEFAULT,
     random: bool = False,
     seed: int = 0,
     calibration: Calibration = Calibration(),
@@ -54,34 +58,47 @@ def build(
 ) -> Path:
     """Export ``model_ref`` to ``target`` with ``recipe_name``; return the artifact path.
 
-    ``rewrite_names`` replaces ``targets.rewrites_for(target, recipe)``, e.g. to see what
-    the delegate makes of the graph without them. Unsupported ``target x recipe`` (or a recipe
-    missing its calibration images or QAT checkpoint) is refused before anything is loaded.
+    ``rewrite_names`` replaces ``Target.rewrites_for(recipe)``, e.g. to see what the delegate
+    makes of the graph without them. Unsupported ``target x recipe`` (or a recipe missing its
+    calibration images or QAT checkpoint) is refused before anything is loaded.
     """
     recipe = recipes.get(recipe_name)
     targets.check_supported(target, recipe.name)
-    target_module = targets.get(target)
-    self_calibrated = recipe.name in getattr(target_module, "CALIBRATES_ITSELF", ())
-    _check_inputs(recipe, calibration, from_qat, self_calibrated)
+    runtime = targets.get(target)
+    contract = contracts.get(contract)
+    _check_inputs(recipe, calibration, from_qat, runtime.calibration(recipe))
     if rewrite_names is None:
-        rewrite_names = targets.rewrites_for(target, recipe.name)
+        rewrite_names = runtime.rewrites_for(recipe)
     rewrites.check(rewrite_names)
     loaded = prepare_model(model_ref, rewrite_names, random=random, seed=seed)
-    if self_calibrated:
-        images = calibration_images(loaded, recipe, calibration)
-        return target_module.export(
-            loaded, recipe, Path(out_dir), contract, calibration=images, progress=progress
+    quantization = quantize(loaded, runtime, recipe, contract, calibration, from_qat, progress)
+    return runtime.export(loaded, recipe, Path(out_dir), contract, quantization, progress=progress)
+
+
+def quantize(
+    loaded: models.LoadedModel,
+    target: Target,
+    recipe: Recipe,
+    contract: InputContract,
+    calibration: Calibration,
+    from_qat: Path | None = None,
+    progress: bool = True,
+) -> Quantization:
+    """What ``target.export`` needs for ``recipe``: nothing, a quantized graph, or images."""
+    need = target.calibration(recipe)
+    if need == targets.IMAGES:
+        return Quantization(images=calibration_images(loaded, recipe, calibration))
+    if need == targets.GRAPH:
+        return Quantization(
+            graph=calibrate(loaded, recipe, target, contract, calibration, progress)
         )
-    quantized = None
-    if recipe.needs_calibration:
-        quantized = calibrate(loaded, recipe, target_module, contract, calibration, progress)
-    elif recipe.is_qat:
+    if recipe.is_qat:
         from .quantize import qat
 
-        quantized = qat.finalize_checkpoint(from_qat, loaded, target, recipe, contract)
-    if quantized is not None:
-        return target_module.export(loaded, recipe, Path(out_dir), contract, quantized=quantized)
-    return target_module.export(loaded, recipe, Path(out_dir), contract)
+        return Quantization(
+            graph=qat.finalize_checkpoint(from_qat, loaded, target, recipe, contract)
+        )
+    return Quantization()
 
 
 def prepare_model(
@@ -91,7 +108,7 @@ def prepare_model(
     random: bool = False,
     seed: int = 0,
 ) -> models.LoadedModel:
-    """Load a checkpoint and apply the rewrites (``targets.rewrites_for(target, recipe)``)."""
+    """Load a checkpoint and apply the rewrites (``Target.rewrites_for(recipe)``)."""
     loaded = models.load(model_ref, random=random, seed=seed)
     loaded.module = rewrites.apply(loaded.module, tuple(rewrite_names))
     loaded.rewrites = tuple(rewrite_names)
@@ -106,7 +123,14 @@ def calibration_images(loaded, recipe: Recipe, calibration: Calibration):
     return images.load(calibration.folder, size, loaded.preprocessing, seed=calibration.seed)
 
 
-def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, progress=True):
+def calibrate(
+    loaded: models.LoadedModel,
+    recipe: Recipe,
+    target: Target,
+    contract: InputContract,
+    calibration: Calibration,
+    progress: bool = True,
+):
     """PTQ with the target's quantizer on calibration images; their keys go to the manifest.
 
     In order: SmoothQuant balancing (``recipe.smoothquant_alpha``), the sensitivity ranking
@@ -118,7 +142,7 @@ def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, prog
     from .targets.lowering import example_input, with_contract
 
     # Core ML quantizes the bare float-NCHW model and adds the contract's input around it.
-    contract = getattr(target_module, "QUANTIZE_CONTRACT", contract)
+    contract = target.quantized_contract(contract)
     images = calibration_images(loaded, recipe, calibration)
     batches = contract_batches(images.crops, contract, loaded.preprocessing)
     module = balance.for_recipe(with_contract(loaded, contract), recipe, batches)
@@ -133,36 +157,37 @@ def calibrate(loaded, recipe: Recipe, target_module, contract, calibration, prog
     quantized = ptq(
         module,
         example_input(contract, loaded.preprocessing),
-        target_module.quantization_scheme(recipe, keep_float=float_layers),
+        target.quantization_scheme(recipe, keep_float=tuple(float_layers)),
         batches,
         progress=progress,
     )
-    quantized.details["calibration"] = images.manifest_entry()
-    if recipe.smoothquant_alpha is not None:
-        quantized.details["smoothquant_alpha"] = recipe.smoothquant_alpha
-    quantized.details["weight_rounding"] = recipe.weight_rounding
-    if ranking:
-        quantized.details["float_layers"] = float_layers
-        quantized.details["sensitivity"] = [layer.to_dict() for layer in ranking]
+    quantized.record = QuantizationRecord(
+        "ptq",
+        images.record(),
+        smoothquant_alpha=recipe.smoothquant_alpha,
+        weight_rounding=recipe.weight_rounding,
+        float_layers=tuple(float_layers),
+        sensitivity=tuple(layer.to_dict() for layer in ranking),
+    )
     return quantized
 
 
 def _check_inputs(
-    recipe: Recipe, calibration: Calibration, from_qat: Path | None, self_calibrated: bool = False
+    recipe: Recipe, calibration: Calibration, from_qat: Path | None, need: str | None
 ) -> None:
-    if self_calibrated and calibration.keep_float:
-        raise EdgeConvnextError(
+    if need == targets.IMAGES and calibration.keep_float:
+        raise UsageError(
             f"recipe {recipe.name!r} makes every op integer: --keep-float does not apply to it"
         )
     if recipe.needs_calibration and calibration.folder is None:
-        raise EdgeConvnextError(
+        raise UsageError(
             f"recipe {recipe.name!r} is calibrated: pass --calib DIR (a folder of images, e.g. "
             "ImageNet train or validation images not used for scoring)"
         )
     if recipe.is_qat and from_qat is None:
-        raise EdgeConvnextError(
+        raise UsageError(
             f"recipe {recipe.name!r} needs a QAT checkpoint: run `edge-convnext qat` first, then "
             "pass --from-qat CKPT"
         )
     if not recipe.is_qat and from_qat is not None:
-        raise EdgeConvnextError(f"--from-qat goes with a QAT recipe, not {recipe.name!r}")
+        raise UsageError(f"--from-qat goes with a QAT recipe, not {recipe.name!r}")

@@ -378,7 +378,7 @@ REWRITES: dict[str, Rewrite] = {
         ),
     )
 }
-DEFAULT = ("head-layernorm-eps", "grn-sum-squares")
+# What every target and recipe gets: fp16-safe head eps, GRN in ops every converter knows.
 
 
 def check(names: tuple[str, ...]) -> None:
@@ -388,8 +388,12 @@ def check(names: tuple[str, ...]) -> None:
         raise UnsupportedError(f"unknown rewrites {unknown}; valid: {choices(REWRITES)}")
 
 
-def apply(model: nn.Module, names: tuple[str, ...] = DEFAULT, inplace: bool = False) -> nn.Module:
-    """Apply the named rewrites to ``model`` (a copy unless ``inplace``) and return it."""
+def apply(model: nn.Module, names: tuple[str, ...], inplace: bool = False) -> nn.Module:
+    """Apply the named rewrites to ``model`` (a copy unless ``inplace``) and return it.
+
+    Which rewrites a target lowers is a target's fact (``Target.rewrites_for``;
+    ``targets.PORTABLE_REWRITES`` are the ones every converter takes).
+    """
     check(names)
     model = model if inplace else copy.deepcopy(model)
     for name in names:

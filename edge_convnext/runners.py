@@ -43,9 +43,9 @@ class TorchRunner:
 
 def open_runner(ref: str, *, random: bool = False, seed: int = 0, threads: int | None = None):
     """A runner for an artifact file (by suffix) or a checkpoint (Hub id / dir / random seed)."""
-    target = targets.target_for_path(ref)
-    if target is not None and not random:
-        return targets.get(target).load(Path(ref), threads=threads)
+    target = None if random else targets.for_artifact(ref)
+    if target is not None:
+        return target.load(Path(ref), threads=threads)
     from . import models
 
     return TorchRunner(models.load(ref, random=random, seed=seed), threads=threads)
@@ -54,7 +54,7 @@ def open_runner(ref: str, *, random: bool = False, seed: int = 0, threads: int |
 def calibration_keys(runner) -> list[str]:
     """Keys of the images an artifact was calibrated on (from its manifest), never to be scored."""
     manifest = getattr(runner, "manifest", None)
-    if manifest is None:
+    quantization = manifest.quantization if manifest is not None else None
+    if quantization is None or quantization.calibration is None:
         return []
-    quantization = manifest.details.get("quantization") or {}
-    return list(quantization.get("calibration", {}).get("keys", []))
+    return list(quantization.calibration.keys)

@@ -6,7 +6,8 @@ one per-tensor int8 scale fits none of them well. Balancing divides hidden chann
 ``t_c`` and multiplies ``pwconv2``'s input column ``c`` by it (exact in real arithmetic; fp32
 logits move by ~1e-6), with ``t_c = act_c^alpha / w_c^(1-alpha)`` normalized to mean 1: ``act_c``
 is the calibration abs-max of the hidden channel, ``w_c`` the abs-max of the weight column
-(Xiao et al., SmoothQuant, 2023). Needs the ``pointwise-conv-blocks`` rewrite; a no-op without.
+(Xiao et al., SmoothQuant, 2023). Needs the ``pointwise-conv-blocks`` rewrite: a recipe asking for
+balancing on a graph without it is refused, never silently left unbalanced.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from edge_convnext.errors import UnsupportedError
 from edge_convnext.rewrites import PointwiseConvBlock
 
 from .ptq import run_with_input_hooks
@@ -26,6 +28,11 @@ def for_recipe(module: nn.Module, recipe, batches: Sequence[torch.Tensor]) -> nn
     """``module`` balanced as ``recipe.smoothquant_alpha`` asks (itself when None)."""
     if recipe.smoothquant_alpha is None:
         return module
+    if not blocks(module):
+        raise UnsupportedError(
+            f"recipe {recipe.name!r} balances the blocks' hidden channels (SmoothQuant), which "
+            "needs the 'pointwise-conv-blocks' rewrite; this graph was not rewritten so"
+        )
     return balance_hidden(module, batches, recipe.smoothquant_alpha)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_convnext.data import load_dataset
-from edge_convnext.errors import DatasetError, EdgeConvnextError, ImageError
+from edge_convnext.errors import DatasetError, ImageError, UsageError
+from edge_convnext.manifest import CalibrationSet
 from edge_convnext.preprocess import Preprocessing, find_images, load_crop
 
 
@@ -28,14 +29,11 @@ class Calibration:
     source: str
     skipped: list[dict]
 
-    def manifest_entry(self) -> dict:
-        return {
-            "source": self.source,
-            "n": len(self.keys),
-            "keys": self.keys,
-            "sha256": self.sha256,
-            "skipped": self.skipped,
-        }
+    def record(self) -> CalibrationSet:
+        """What the manifest records of these images (audits never score them)."""
+        return CalibrationSet(
+            self.source, tuple(self.keys), tuple(self.sha256), tuple(self.skipped)
+        )
 
 
 def pick(folder: str | Path, size: int, seed: int = 0) -> list[Path]:
@@ -43,13 +41,13 @@ def pick(folder: str | Path, size: int, seed: int = 0) -> list[Path]:
     else a seeded sample of every image under it (unlabeled folders are fine for calibration)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise EdgeConvnextError(f"--calib {folder}: not a directory of images")
+        raise UsageError(f"--calib {folder}: not a directory of images")
     try:
         dataset = load_dataset(folder)
     except DatasetError:
         paths = find_images(folder)
         if not paths:
-            raise EdgeConvnextError(f"--calib {folder}: no images found under it") from None
+            raise DatasetError(f"--calib {folder}: no images found under it") from None
         rng = np.random.default_rng(seed)
         chosen = rng.choice(len(paths), size=min(size, len(paths)), replace=False)
         return [paths[i] for i in sorted(chosen)]
@@ -70,5 +68,5 @@ def load(folder: str | Path, size: int, preprocessing: Preprocessing, seed: int 
         keys.append(path.name)
         hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
     if not crops:
-        raise EdgeConvnextError(f"--calib {folder}: none of the picked images could be read")
+        raise DatasetError(f"--calib {folder}: none of the picked images could be read")
     return Calibration(np.stack(crops), keys, hashes, str(folder), skipped)

@@ -1,7 +1,8 @@
 """Post-training quantization driver (PT2E): export -> prepare -> calibrate -> convert.
 
-The target supplies the quantizer (``targets.<t>.pt2e_quantizer(recipe)``: XNNPACK's for
-ExecuTorch, litert-torch's for TFLite); this module supplies the calibration loop, like
+The target supplies the quantizer (``Target.quantization_scheme(recipe)``: XNNPACK's for
+ExecuTorch, litert-torch's for TFLite, torchao's X86 one for Core ML); this module supplies the
+calibration loop and the pieces every quantizer's config shares (:func:`int8_config`), like
 ExecuTorch's split of a quantization recipe from a lowering recipe. ``inplace=False``: the float
 model is never modified.
 """
@@ -10,13 +11,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from edge_convnext.preprocess import Preprocessing, normalize
+from edge_convnext import contracts
+from edge_convnext.contracts import InputContract
+from edge_convnext.errors import UnsupportedError, choices
+from edge_convnext.manifest import QuantizationRecord
+from edge_convnext.preprocess import Preprocessing
 from edge_convnext.progress import bar
+
+from .recipes import Recipe
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class QuantizedGraph:
 
     graph: torch.fx.GraphModule
     scheme: PT2EScheme
-    details: dict = field(default_factory=dict)  # calibration / QAT facts for the manifest
+    record: QuantizationRecord  # what the manifest says about how it was quantized
 
 
 def outside_modules(module_names) -> Callable[[torch.fx.Node], bool]:
@@ -101,15 +108,15 @@ def run_with_input_hooks(
             handle.remove()
 
 
-def contract_tensor(crops: np.ndarray, contract: str, preprocessing: Preprocessing) -> torch.Tensor:
+def contract_tensor(
+    crops: np.ndarray, contract: InputContract | str, preprocessing: Preprocessing
+) -> torch.Tensor:
     """``uint8 (N, H, W, 3)`` RGB crops as one tensor in ``contract``'s layout and dtype."""
-    if contract == "app":
-        return torch.from_numpy(np.ascontiguousarray(crops))
-    return torch.from_numpy(normalize(crops, preprocessing))
+    return torch.from_numpy(contracts.get(contract).inputs(crops, preprocessing))
 
 
 def contract_batches(
-    crops: np.ndarray, contract: str, preprocessing: Preprocessing
+    crops: np.ndarray, contract: InputContract | str, preprocessing: Preprocessing
 ) -> list[torch.Tensor]:
     """Batch-1 tensors in ``contract``'s layout (artifacts are calibrated as they run)."""
     return list(contract_tensor(crops, contract, preprocessing).split(1))
@@ -154,7 +161,7 @@ def ptq(
 
     prepared = calibrated(module, example, scheme, calibration, progress=progress)
     graph = convert_pt2e(prepared, fold_quantize=scheme.fold_quantize)
-    return QuantizedGraph(graph, scheme, {"method": "ptq", "calibration_images": len(calibration)})
+    return QuantizedGraph(graph, scheme, QuantizationRecord("ptq"))
 
 
 def calibrated(
@@ -179,3 +186,41 @@ def calibrated(
         ):
             prepared(batch)
     return prepared
+
+
+def observer_class(name: str):
+    """The torchao observer class a recipe's ``observer`` names (static activation ranges)."""
+    from torchao.quantization.pt2e import observer
+
+    classes = {"histogram": observer.HistogramObserver, "minmax": observer.MinMaxObserver}
+    if name not in classes:
+        raise UnsupportedError(f"PT2E quantizers take observer {choices(classes)}, not {name!r}")
+    return classes[name]
+
+
+def int8_config(config, recipe: Recipe, target: str, *, qat: bool = False):
+    """A target quantizer's int8 ``QuantizationConfig`` made to follow ``recipe``.
+
+    Every field the recipe sets for PT2E quantization is read here, so a recipe means the same
+    thing on every target: ``weights`` and ``activations`` must be int8 (the only precision
+    these quantizers' kernels take; anything else is refused, never silently built as int8);
+    ``observer`` sets the static activation observer (the targets' own configs default to the
+    histogram observer). QAT configs (fake-quant activations) keep their observer: QAT fixes
+    its ranges from PTQ's (``quantize.qat.fix_ranges``).
+    """
+    for field_name in ("weights", "activations"):
+        if getattr(recipe, field_name) != "int8":
+            raise UnsupportedError(
+                f"recipe {recipe.name!r}: target {target!r} quantizes int8 {field_name} only, "
+                f"not {getattr(recipe, field_name)!r}"
+            )
+    activation = config.input_activation
+    if qat or activation is None:
+        return config
+    observer = observer_class(recipe.observer)
+    eps = activation.observer_or_fake_quant_ctr.p.keywords.get("eps", 2**-12)
+    activation = replace(activation, observer_or_fake_quant_ctr=observer.with_args(eps=eps))
+    output = config.output_activation
+    if output is not None:
+        output = replace(output, observer_or_fake_quant_ctr=observer.with_args(eps=eps))
+    return replace(config, input_activation=activation, output_activation=output)

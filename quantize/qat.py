@@ -23,13 +23,15 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from edge_convnext import atomic
-from edge_convnext.errors import EdgeConvnextError
+from edge_convnext.errors import ArtifactError, CheckpointError, CheckpointNotFoundError, UsageError
+from edge_convnext.manifest import CalibrationSet, QuantizationRecord
 from edge_convnext.progress import bar as progress_bar
 
 from . import balance, gptq
@@ -42,8 +44,25 @@ from .ptq import (
 )
 from .recipes import QATConfig
 
+if TYPE_CHECKING:
+    from edge_convnext.contracts import InputContract
+    from edge_convnext.models import LoadedModel
+    from edge_convnext.targets import Target
+
 CHECKPOINT_FORMAT = 2  # 2: ranges fixed at PTQ's from the start (1: moving-average observers)
 START_POINT_IMAGES = 64  # training images that balance, GPTQ-round and calibrate the start
+
+
+class ModelLoader(Protocol):
+    """Loads a checkpoint with the named rewrites applied, like ``pipeline.prepare_model``.
+
+    Passed in rather than imported: the pipeline calls this module, so this module must not
+    import the pipeline.
+    """
+
+    def __call__(
+        self, model_ref: str, rewrite_names: tuple[str, ...], *, random: bool, seed: int
+    ) -> LoadedModel: ...
 
 
 class QATRun:
@@ -120,7 +139,7 @@ class QATRun:
         student = copy.deepcopy(self.student).to("cpu")
         move_exported_model_to_eval(student)
         graph = convert_pt2e(student, fold_quantize=self.scheme.fold_quantize)
-        return QuantizedGraph(graph, self.scheme, {"method": "qat", "steps": self.step_index})
+        return QuantizedGraph(graph, self.scheme, QuantizationRecord("qat"))
 
     def state(self) -> dict:
         return {
@@ -210,7 +229,7 @@ def fix_ranges(student, ranges: list[Range]) -> None:
 
     fakes = [module for module in student.modules() if isinstance(module, FakeQuantizeBase)]
     if len(fakes) != len(ranges) or not all(r.fits(f) for r, f in zip(ranges, fakes, strict=False)):
-        raise EdgeConvnextError(
+        raise ArtifactError(
             f"the QAT quantizer placed {len(fakes)} fake-quants where PTQ placed "
             f"{len(ranges)} observers; cannot start QAT from PTQ's ranges"
         )
@@ -262,19 +281,19 @@ def load_checkpoint(path: Path) -> dict:
     """Read a QAT checkpoint written by :func:`save_checkpoint`.
 
     Raises:
-        EdgeConvnextError: missing, unreadable or of another format.
+        CheckpointError: missing (CheckpointNotFoundError), unreadable or of another format.
     """
     path = Path(path)
     if not path.is_file():
-        raise EdgeConvnextError(f"{path}: no such QAT checkpoint")
+        raise CheckpointNotFoundError(f"{path}: no such QAT checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged or foreign file
-        raise EdgeConvnextError(f"{path}: not a readable QAT checkpoint ({error})") from None
+        raise CheckpointError(f"{path}: not a readable QAT checkpoint ({error})") from None
     if not isinstance(payload, dict) or "format" not in payload:
-        raise EdgeConvnextError(f"{path}: not an edge-convnext QAT checkpoint")
+        raise CheckpointError(f"{path}: not an edge-convnext QAT checkpoint")
     if payload["format"] != CHECKPOINT_FORMAT:
-        raise EdgeConvnextError(
+        raise CheckpointError(
             f"{path}: QAT checkpoint format {payload['format']}, this version reads "
             f"{CHECKPOINT_FORMAT}; train again"
         )
@@ -288,6 +307,7 @@ def train(
     out: Path,
     config: QATConfig,
     *,
+    load_model: ModelLoader,
     contract: str = "app",
     images: int = 512,
     random_init: bool = False,
@@ -299,98 +319,103 @@ def train(
     """Run (or resume) QAT for ``target``'s ``w8a8-qat`` recipe; checkpoint to ``out``.
 
     Killed mid-run, the same call with ``resume=True`` continues from the last checkpoint and
-    ends at the same weights as an uninterrupted run.
+    ends at the same weights as an uninterrupted run. ``load_model`` loads ``model_ref`` with
+    the target's rewrites (``pipeline.prepare_model``).
     """
-    from edge_convnext import pipeline, targets
+    from edge_convnext import contracts, targets
     from edge_convnext.targets.lowering import example_input, with_contract
 
     from . import calibration, recipes
     from .ptq import contract_tensor
 
     recipe = recipes.get("w8a8-qat")
-    targets.check_supported(target, recipe.name)
+    runtime = targets.get(target)
+    runtime.check(recipe)
+    contract = contracts.get(contract)
     meta = {
         "model": str(model_ref),
         "random_init": random_init,
         "model_seed": model_seed,
         "target": target,
         "recipe": recipe.name,
-        "contract": contract,
+        "contract": contract.name,
         "data": str(data),
         "images": images,
-        "rewrites": list(targets.rewrites_for(target, recipe.name)),
+        "rewrites": list(runtime.rewrites_for(recipe)),
         "smoothquant_alpha": recipe.smoothquant_alpha,
         "weight_rounding": recipe.weight_rounding,
     }
     state = _resume_state(Path(out), resume, meta, config)
-    loaded = pipeline.prepare_model(
-        model_ref, tuple(meta["rewrites"]), random=random_init, seed=model_seed
-    )
+    loaded = load_model(model_ref, tuple(meta["rewrites"]), random=random_init, seed=model_seed)
     training = calibration.load(data, images, loaded.preprocessing, seed=config.seed)
     pool = training.crops
-    scheme = targets.get(target).quantization_scheme(recipe, qat=True)
+    scheme = runtime.quantization_scheme(recipe, qat=True)
     example = example_input(contract, loaded.preprocessing)
     teacher = with_contract(loaded, contract)
     ranges = None
     if state is None:
         batches = contract_batches(pool[:START_POINT_IMAGES], contract, loaded.preprocessing)
         start = start_point(teacher, recipe, batches)
-        ptq_scheme = targets.get(target).quantization_scheme(recipe)
+        ptq_scheme = runtime.quantization_scheme(recipe)
         ranges = calibrated_ranges(start, example, ptq_scheme, batches)
     else:
         start = same_structure(teacher, meta)
     run = QATRun(teacher, example, scheme, config, device, start, ranges)
     if state is not None:
         run.load_state(state)
-    meta = {**meta, "training_images": training.manifest_entry()}  # audits leave them out
+    meta = {**meta, "training_images": asdict(training.record())}  # audits leave them out
     bar = progress_bar(
         None, enabled=progress, total=config.steps, initial=run.step_index, desc="QAT", unit="step"
     )
     while run.step_index < config.steps:
         crops = batch_for_step(pool, run.step_index, config.batch_size, config.seed)
         loss = run.step(contract_tensor(crops, contract, loaded.preprocessing))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(kl=f"{loss:.4g}")
+        bar.update(1)
+        bar.set_postfix(kl=f"{loss:.4g}")
         if run.step_index % config.checkpoint_every == 0 or run.step_index == config.steps:
             save_checkpoint(Path(out), run, meta)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return run
 
 
-def finalize_checkpoint(path: Path, loaded, target: str, recipe, contract: str) -> QuantizedGraph:
+def finalize_checkpoint(
+    path: Path, loaded, target: Target, recipe, contract: InputContract
+) -> QuantizedGraph:
     """Rebuild the QAT student from a checkpoint and convert it for ``target``."""
-    from edge_convnext import targets
     from edge_convnext.targets.lowering import example_input, with_contract
 
     payload = load_checkpoint(path)
     meta = payload["meta"]
-    for key, value in (("target", target), ("contract", contract)):
+    for key, value in (("target", target.name), ("contract", contract.name)):
         if meta[key] != value:
-            raise EdgeConvnextError(
+            raise UsageError(
                 f"{path}: trained for {key} {meta[key]!r}, not {value!r}; pass --{key} "
                 f"{meta[key]} or train again"
             )
     if meta.get("rewrites") != list(loaded.rewrites):
-        raise EdgeConvnextError(
+        raise CheckpointError(
             f"{path}: trained on the graph after rewrites {meta.get('rewrites')}, this export "
             f"lowers {list(loaded.rewrites)}; train again with this version"
         )
     config = QATConfig.from_dict(payload["config"])
-    scheme = targets.get(target).quantization_scheme(recipe, qat=True)
+    scheme = target.quantization_scheme(recipe, qat=True)
     example = example_input(contract, loaded.preprocessing)
     teacher = with_contract(loaded, contract)
     run = QATRun(teacher, example, scheme, config, start=same_structure(teacher, meta))
     run.load_state(payload)
     quantized = run.finalize()
-    quantized.details.update(
-        {
-            "calibration": meta.get("training_images", {}),
-            "checkpoint": str(path),
+    training = meta.get("training_images")
+    quantized.record = QuantizationRecord(
+        "qat",
+        CalibrationSet.from_dict(training) if training else None,
+        smoothquant_alpha=meta.get("smoothquant_alpha"),
+        weight_rounding=meta.get("weight_rounding", "nearest"),
+        facts={
+            "steps": run.step_index,
+            "checkpoint": path.name,  # a name, never a local path: the file ships in apps
             "config": payload["config"],
             "final_kl": run.losses[-1] if run.losses else None,
-        }
+        },
     )
     return quantized
 
@@ -399,7 +424,7 @@ def _resume_state(out: Path, resume: bool, meta: dict, config: QATConfig) -> dic
     if not out.exists():
         return None
     if not resume:
-        raise EdgeConvnextError(
+        raise UsageError(
             f"{out} exists: pass --resume to continue that run, or choose another --out"
         )
     payload = load_checkpoint(out)
@@ -407,7 +432,7 @@ def _resume_state(out: Path, resume: bool, meta: dict, config: QATConfig) -> dic
     if payload["config"] != asdict(config):
         changed.append("training options")
     if changed:
-        raise EdgeConvnextError(
+        raise UsageError(
             f"{out} was started with different {', '.join(changed)}; resume with the same "
             "command, or choose another --out"
         )

@@ -15,7 +15,7 @@ from edge_convnext.errors import UnsupportedError, choices
 METHODS = ("none", "ptq", "qat")
 WEIGHT_TYPES = ("fp32", "fp16", "int8", "int4", "palette4", "palette6")
 ACTIVATION_TYPES = ("fp32", "fp16", "int8", "int16")
-OBSERVERS = ("minmax", "percentile", "mse")
+OBSERVERS = ("histogram", "minmax")  # torchao observer classes (quantize.ptq.observer_class)
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
 
@@ -29,7 +29,10 @@ class Recipe:
         weights: storage/compute type of weights.
         activations: compute type of activations.
         calibration_size: images used to calibrate activation ranges (static recipes only).
-        observer: how activation ranges are estimated: ``minmax``, ``percentile`` or ``mse``.
+        observer: how static activation ranges are estimated from the calibration images:
+            ``histogram`` (torchao's ``HistogramObserver``: the range minimising the L2
+            quantization error of the observed histogram) or ``minmax`` (the observed extremes);
+            None for recipes with no calibrated activations.
         layers: which convolutions/linears are quantized, as module path suffixes (``pwconv1``
             matches ``...layers.0.pwconv1``); empty: every layer the target's quantizer takes.
             The rest runs in float, in the same delegate.
@@ -46,7 +49,7 @@ class Recipe:
     activations: str
     description: str
     calibration_size: int = 0
-    observer: str = "minmax"
+    observer: str | None = None
     layers: tuple[str, ...] = ()
     smoothquant_alpha: float | None = None
     weight_rounding: str = "nearest"
@@ -56,7 +59,6 @@ class Recipe:
             ("method", METHODS),
             ("weights", WEIGHT_TYPES),
             ("activations", ACTIVATION_TYPES),
-            ("observer", OBSERVERS),
             ("weight_rounding", WEIGHT_ROUNDINGS),
         ):
             if getattr(self, attr) not in allowed:
@@ -64,8 +66,17 @@ class Recipe:
                     f"recipe {self.name!r}: {attr}={getattr(self, attr)!r}, expected one of "
                     f"{choices(allowed)}"
                 )
-        if self.calibration_size < 0:
-            raise ValueError(f"recipe {self.name!r}: calibration_size must be >= 0")
+        calibrated = self.needs_calibration or self.is_qat
+        if calibrated != (self.observer is not None) or (
+            calibrated and self.observer not in OBSERVERS
+        ):
+            expected = f"one of {choices(OBSERVERS)}" if calibrated else "None (nothing calibrated)"
+            raise ValueError(
+                f"recipe {self.name!r}: observer={self.observer!r}, expected {expected}"
+            )
+        if self.needs_calibration != (self.calibration_size > 0):
+            expected = ">= 1" if self.needs_calibration else "0 (nothing calibrated)"
+            raise ValueError(f"recipe {self.name!r}: calibration_size must be {expected}")
         if isinstance(self.layers, str) or not all(isinstance(n, str) and n for n in self.layers):
             raise ValueError(f"recipe {self.name!r}: layers must be a tuple of module names")
         object.__setattr__(self, "layers", tuple(self.layers))  # JSON gives lists
@@ -118,6 +129,7 @@ RECIPES: dict[str, Recipe] = {
             "int8",
             "static int8 convs: per-channel symmetric weights, per-tensor activations, calibrated",
             calibration_size=64,
+            observer="histogram",
             layers=INT8_LAYERS,
             smoothquant_alpha=0.5,
             weight_rounding="gptq",
@@ -128,6 +140,7 @@ RECIPES: dict[str, Recipe] = {
             "int8",
             "int8",
             "w8a8 fine-tuned with fake quantization (edge-convnext qat), then converted",
+            observer="histogram",  # of the PTQ start point's ranges, which QAT keeps
             layers=INT8_LAYERS,
             smoothquant_alpha=0.5,
             weight_rounding="gptq",
@@ -139,6 +152,7 @@ RECIPES: dict[str, Recipe] = {
             "int8",
             "every op int8 incl. LayerNorm/GELU/GRN, integer I/O (NPU, Edge TPU), calibrated",
             calibration_size=64,
+            observer="minmax",  # ai-edge-quantizer's min_max_uniform_quantize
         ),
         Recipe("w8", "ptq", "int8", "fp16", "int8 weights (per-channel symmetric), fp16 compute"),
         Recipe("w4", "ptq", "int4", "fp16", "int4 weights (symmetric, blocks of 32), fp16 compute"),

@@ -1,92 +1,125 @@
-"""Deployment targets. Installed as ``edge_convnext.targets``; torch-free to import.
+"""Deployment targets, one registry. Installed as ``edge_convnext.targets``; torch-free to import.
 
-Each target is one module with the same small surface:
-
-* ``NAME``, ``SUFFIX`` -- the target's name and artifact suffix;
-* ``export(model, recipe, out_dir, contract=DEFAULT_CONTRACT) -> Path`` -- torch side: lower a
-  :class:`edge_convnext.models.LoadedModel` with the target's real converter, write the artifact
-  and its sidecar manifest atomically, return the artifact path;
-* ``load(path, threads=None) -> Runner`` -- device side: build the runtime once, call it many
-  times with ``uint8 (N, H, W, 3)`` RGB crops, get ``float32 (N, classes)`` logits;
-* ``describe(path) -> dict`` -- op and delegation summary for ``inspect``.
-
-``SUPPORT`` is the one table of which recipes each target supports: the CLI's choices, the
-tests' parametrization and the README all read it. ``REWRITES`` says which graph rewrites
-(``edge_convnext.rewrites``, logits unchanged) the pipeline applies before lowering to each.
+Each target is one module with one :class:`~edge_convnext.targets.base.Target` subclass (the
+written interface: facts as class attributes, ``export``/``load``/``describe`` as methods),
+registered below with one line. The support table, the CLI's choices, the tests' flows, the
+README table and the routing of an artifact (by its manifest's ``target``, the suffix only as a
+fallback) are all read from here. Adding a target = one module + one ``register`` line.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from types import ModuleType
 
+from edge_convnext import manifest
 from edge_convnext.errors import UnsupportedError, choices
 
-TARGETS = {
-    "executorch": "edge_convnext.targets.executorch",
-    "tflite": "edge_convnext.targets.tflite",
-    "coreml": "edge_convnext.targets.coreml",
-}
-SUFFIXES = {".pte": "executorch", ".tflite": "tflite", ".mlpackage": "coreml"}
+from . import coreml, executorch, tflite
+from .base import GRAPH, IMAGES, PORTABLE_REWRITES, XNNPACK_REWRITES, Quantization, Target
 
-SUPPORT: dict[str, tuple[str, ...]] = {
-    "executorch": ("fp32", "w8a8", "w8a8-qat"),
-    "tflite": ("fp32", "w8a8", "w8a8-qat", "int8-full"),
-    "coreml": ("fp32", "fp16", "w8", "w8a8", "w4", "palette4", "palette6"),
-}
+__all__ = [
+    "GRAPH",
+    "IMAGES",
+    "PORTABLE_REWRITES",
+    "XNNPACK_REWRITES",
+    "Quantization",
+    "Target",
+    "register",
+    "unregister",
+    "names",
+    "get",
+    "support",
+    "check_supported",
+    "for_artifact",
+    "suffixes",
+    "markdown_table",
+]
 
-# Portable: ops every converter lowers. XNNPACK (ExecuTorch, LiteRT on CPU): blocks in NCHW with
-# 1x1 convs, LayerNorm as 1x1-conv means, 7x7 depthwise split to <=25 taps, pooled head: the
-# whole network becomes one delegate partition with no CPU fallback (bench/FINDINGS.md).
-PORTABLE_REWRITES = ("head-layernorm-eps", "grn-sum-squares")
-XNNPACK_REWRITES = PORTABLE_REWRITES + (
-    "split-depthwise-conv",
-    "pointwise-conv-blocks",
-    "channels-first-layernorm",
-    "pooled-head",
-)
-REWRITES: dict[str, tuple[str, ...]] = {
-    "executorch": XNNPACK_REWRITES,
-    "tflite": XNNPACK_REWRITES,
-    "coreml": PORTABLE_REWRITES,
-}
-# Recipes for NPUs rather than XNNPACK keep the portable graph, whose LayerNorm ops they know.
-PORTABLE_RECIPES = frozenset({"int8-full"})
+_REGISTRY: dict[str, Target] = {}
 
 
-def rewrites_for(target: str, recipe: str) -> tuple[str, ...]:
-    """The rewrites the pipeline applies before lowering ``recipe`` to ``target``."""
-    return PORTABLE_REWRITES if recipe in PORTABLE_RECIPES else REWRITES[target]
+def register(target: Target) -> Target:
+    """Add ``target`` to the registry (its name must be new); return it."""
+    if target.name in _REGISTRY:
+        raise ValueError(f"target {target.name!r} is already registered")
+    _REGISTRY[target.name] = target
+    return target
 
 
-def get(name: str) -> ModuleType:
-    """The target module called ``name`` (imports its toolchain lazily, not here)."""
-    if name not in TARGETS:
-        raise UnsupportedError(f"unknown target {name!r}; valid targets: {choices(TARGETS)}")
-    return importlib.import_module(TARGETS[name])
+def unregister(name: str) -> None:
+    """Remove a registered target (tests register fakes and take them out again)."""
+    _REGISTRY.pop(name, None)
+
+
+def names() -> list[str]:
+    """Registered target names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Target:
+    """The target called ``name``.
+
+    Raises:
+        UnsupportedError: no such target; the message lists the valid ones.
+    """
+    if name not in _REGISTRY:
+        raise UnsupportedError(f"unknown target {name!r}; valid targets: {choices(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def support() -> dict[str, tuple[str, ...]]:
+    """Target name -> the recipes it supports: the one support table."""
+    return {name: target.recipes for name, target in _REGISTRY.items()}
 
 
 def check_supported(target: str, recipe: str) -> None:
     """Raise UnsupportedError listing the valid combinations if ``target x recipe`` is not one."""
-    if target not in SUPPORT:
-        raise UnsupportedError(f"unknown target {target!r}; valid targets: {choices(SUPPORT)}")
-    if recipe not in SUPPORT[target]:
-        valid = "; ".join(f"{t}: {', '.join(r)}" for t, r in SUPPORT.items())
+    if recipe not in get(target).recipes:
+        valid = "; ".join(f"{t}: {', '.join(r)}" for t, r in support().items())
         raise UnsupportedError(
             f"target {target!r} does not support recipe {recipe!r}; supported: {valid}"
         )
 
 
-def target_for_path(path: str | Path) -> str | None:
-    """The target whose artifact suffix ``path`` has, else None."""
-    return SUFFIXES.get(Path(path).suffix.lower())
+def for_artifact(path: str | Path) -> Target | None:
+    """The target that runs the artifact at ``path``, or None if it is not an artifact.
 
-
-def artifact_name(model_name: str, recipe: str, contract: str, target: str) -> str:
-    """One naming scheme everywhere: ``<model>.<recipe>.<contract><suffix>``.
-
-    Example: ``convnext-tiny-224.fp32.app.tflite`` (sidecar: ``...tflite.json``).
+    The ``target`` its sidecar manifest names decides; the suffix is the fallback, and a suffix
+    that several targets write needs the sidecar.
     """
-    suffix = next(s for s, t in SUFFIXES.items() if t == target)
-    return f"{model_name}.{recipe}.{contract}{suffix}"
+    named = manifest.sidecar_target(Path(path))
+    if named is not None:
+        return get(named)
+    suffix = Path(path).suffix.lower()
+    claims = [target for target in _REGISTRY.values() if suffix in target.suffixes]
+    if len(claims) > 1:
+        raise UnsupportedError(
+            f"{path}: {suffix} files are written by targets {choices(t.name for t in claims)}; "
+            "its sidecar manifest (<artifact>.json) says which"
+        )
+    return claims[0] if claims else None
+
+
+def suffixes() -> list[str]:
+    """Every artifact suffix a registered target writes."""
+    return sorted({suffix for target in _REGISTRY.values() for suffix in target.suffixes})
+
+
+def markdown_table() -> str:
+    """The README's targets table, from the registry."""
+    rows = [
+        "| target | artifact | converter | runtime here | recipes |",
+        "|---|---|---|---|---|",
+    ]
+    for target in _REGISTRY.values():
+        recipes = ", ".join(f"`{name}`" for name in target.recipes)
+        rows.append(
+            f"| `{target.name}` | {target.artifact} | {target.converter} | {target.runtime} "
+            f"| {recipes} |"
+        )
+    return "\n".join(rows)
+
+
+register(executorch.TARGET)
+register(tflite.TARGET)
+register(coreml.TARGET)

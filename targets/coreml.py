@@ -45,12 +45,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from edge_convnext import __version__
-from edge_convnext import manifest as manifests
-from edge_convnext.errors import EdgeConvnextError, UnsupportedError, choices
+from edge_convnext import __version__, contracts
+from edge_convnext.contracts import InputContract
+from edge_convnext.errors import ArtifactError, NotFoundError, UnsupportedError, choices
 from edge_convnext.labels import distinct_labels
-from edge_convnext.targets import check_supported
-from edge_convnext.targets.runner import ArtifactRunner
+
+from .base import NO_QUANTIZATION, Quantization, Target
+from .runner import ArtifactRunner
 
 if TYPE_CHECKING:  # models imports torch; this module must import without it
     from edge_convnext.models import LoadedModel
@@ -74,7 +75,7 @@ PRECISIONS = {"fp32": "FLOAT32", "fp16": "FLOAT16", "int8": "FLOAT16"}
 # on normalized float32 NCHW. Core ML's image input reaches the program as float RGB in [0, 1] and
 # the normalization stays in float in front of the quantized graph, so the "app" contract's
 # uint8 NHWC wrapper (``lowering.AppInput``) is never quantized.
-QUANTIZE_CONTRACT = "float-nchw"
+QUANTIZE_CONTRACT = contracts.FLOAT_NCHW
 QUANTIZER = (
     "torchao X86InductorQuantizer default static config (uint8 affine per-tensor activations "
     "into the recipe's conv/linear layers, int8 symmetric per-channel weights in [-127, 127]); "
@@ -149,10 +150,11 @@ def export(
     model: LoadedModel,
     recipe: Recipe,
     out_dir: Path,
-    contract: str = manifests.DEFAULT_CONTRACT,
-    quantized: QuantizedGraph | None = None,
+    contract: InputContract | str = contracts.DEFAULT,
+    quantization: Quantization = NO_QUANTIZATION,
     *,
     module=None,
+    progress: bool = False,
 ) -> Path:
     """Convert ``model`` with coremltools and write ``<model>.<recipe>.<contract>.mlpackage``.
 
@@ -163,27 +165,28 @@ def export(
             FLOAT16); weight-only recipes (``w8``, ``w4``, ``palette*``) compress the weights
             with :data:`WEIGHT_COMPRESSION`.
         out_dir: where the ``.mlpackage`` directory and its ``.mlpackage.json`` sidecar go.
-        contract: ``"app"`` (RGB image input, normalization in the graph) or ``"float-nchw"``.
-        quantized: for calibrated int8 recipes (``w8a8``), the PT2E-converted graph of the bare
-            model (:data:`QUANTIZE_CONTRACT`: normalized ``float32 (1, 3, H, W)`` -> logits, from
-            ``quantize.ptq`` with :func:`quantization_scheme`); converted instead of the float
-            model, with the contract's input and the softmax added around it.
+        contract: ``contracts.APP`` (RGB image input, normalization in the graph) or
+            ``FLOAT_NCHW``.
+        quantization: for calibrated int8 recipes (``w8a8``), ``graph`` is the PT2E-converted
+            graph of the bare model (:data:`QUANTIZE_CONTRACT`: normalized
+            ``float32 (1, 3, H, W)`` -> logits, from ``quantize.ptq`` with
+            :func:`quantization_scheme`); converted instead of the float model, with the
+            contract's input and the softmax added around it.
         module: a torch module to convert instead of ``model.module``; like it, it maps
             normalized ``float32 (N, 3, H, W)`` to ``(N, classes)`` logits (this target adds the
             contract's input and the softmax itself).
+        progress: unused (coremltools' own bars are off).
 
     Returns:
         The artifact path. Nothing is left in ``out_dir`` if conversion fails.
 
     Raises:
-        UnsupportedError: unknown contract, unsupported recipe, or coremltools rejected the model.
-        EdgeConvnextError: coremltools is not installed.
+        UnsupportedError: unknown contract or unsupported recipe.
+        ArtifactError: coremltools is not installed, or it rejected the model.
     """
-    check_supported(NAME, recipe.name)
-    if contract not in manifests.CONTRACTS:
-        raise UnsupportedError(
-            f"unknown input contract {contract!r}; valid: {choices(manifests.CONTRACTS)}"
-        )
+    TARGET.check(recipe)
+    contract = contracts.get(contract)
+    quantized = quantization.graph
     if recipe.activations not in PRECISIONS:
         raise UnsupportedError(
             f"recipe {recipe.name!r}: Core ML compute precision for {recipe.activations!r} "
@@ -204,7 +207,7 @@ def export(
         "compute_precision": PRECISIONS[recipe.activations],
         **_compression_facts(recipe),
         "convert_seconds": round(seconds, 1),
-        "inputs": _input_facts(contract),
+        "inputs": input_facts(contract),
         "outputs": {
             LABEL_OUTPUT: "top-1 label (string)",
             PROBS_OUTPUT: "label -> softmax probability (dictionary)",
@@ -212,10 +215,8 @@ def export(
         },
         "ops": op_counts(mlmodel.get_spec()),
     }
-    if quantized is not None:
-        details["quantization"] = {"quantizer": QUANTIZER, **quantized.details}
-    artifact = _write(model, recipe, contract, out_dir, mlmodel, details)
-    return artifact
+    record = quantized.record.with_facts(quantizer=QUANTIZER) if quantized else None
+    return _write(model, recipe, contract, out_dir, mlmodel, details, record)
 
 
 def quantization_scheme(
@@ -240,7 +241,7 @@ def quantization_scheme(
     )
 
     from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
-    from edge_convnext.quantize.ptq import layer_filter
+    from edge_convnext.quantize.ptq import int8_config, layer_filter
 
     allow = layer_filter(recipe.layers, keep_float)
 
@@ -255,7 +256,9 @@ def quantization_scheme(
             self._annotate_output_for_int8_in_int8_out_pattern_entry(model)
             return model
 
-    config = get_default_x86_inductor_quantization_config(is_qat=qat)
+    config = int8_config(
+        get_default_x86_inductor_quantization_config(is_qat=qat), recipe, NAME, qat=qat
+    )
     # int8 weights in [-127, 127] like the XNNPACK and LiteRT configs, so quantize.gptq's grid
     # (scale = max|w| / 127) is the one the observer picks.
     config = dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=-127))
@@ -290,10 +293,10 @@ def convert(model: LoadedModel, recipe: Recipe, contract: str, *, module=None):
     try:
         import coremltools as ct
     except ImportError:
-        raise EdgeConvnextError(f"the coreml target needs coremltools; {TOOLCHAIN_HINT}") from None
+        raise ArtifactError(f"the coreml target needs coremltools; {TOOLCHAIN_HINT}") from None
     program = _export_program(model, contract, module)
     side = model.preprocessing.crop_size
-    if contract == "app":
+    if contract.normalized_in_graph:
         input_type = ct.ImageType(
             name=IMAGE_INPUT,
             shape=(1, 3, side, side),
@@ -334,8 +337,8 @@ def convert(model: LoadedModel, recipe: Recipe, contract: str, *, module=None):
         )
     except Exception as error:  # the converter raises many types; keep the cause chained
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UnsupportedError(
-            f"coremltools could not convert {model.name} ({contract}): {first}"
+        raise ArtifactError(
+            f"coremltools could not convert {model.name} ({contract.name}): {first}"
         ) from error
     _set_metadata(mlmodel, model, recipe, contract)
     return mlmodel
@@ -366,7 +369,7 @@ def _check_kmeans(compression: Compression) -> None:
     try:
         import sklearn  # noqa: F401 - coremltools' k-means palettization clusters with it
     except ImportError:
-        raise EdgeConvnextError(
+        raise ArtifactError(
             "k-means palettization needs scikit-learn (coremltools clusters with it); "
             "pip install scikit-learn"
         ) from None
@@ -403,13 +406,13 @@ def _export_program(model: LoadedModel, contract: str, module=None):
     from edge_convnext.targets import lowering
 
     logits_module = module if module is not None else model.module
-    normalize = model.preprocessing if contract == "app" else None
+    normalize = model.preprocessing if contract.normalized_in_graph else None
     wrapped = _classifier(logits_module, normalize)
     if isinstance(logits_module, torch.fx.GraphModule):
         wrapped.training = False  # a PT2E graph refuses .eval() and has no train mode to leave
     else:
         wrapped.eval()
-    if contract == "app":  # the image input reaches the graph as float RGB in [0, 1]
+    if contract.normalized_in_graph:  # the image input reaches the graph as float RGB in [0, 1]
         side = model.preprocessing.crop_size
         example = torch.rand(1, 3, side, side)
     else:
@@ -456,12 +459,12 @@ def _set_metadata(mlmodel, model: LoadedModel, recipe: Recipe, contract: str) ->
     side = model.preprocessing.crop_size
     mlmodel.short_description = (
         f"{model.name}: ImageNet-1k classifier ({len(model.labels)} labels), {recipe.name} "
-        f"({recipe.description}), {contract!r} input. Converted by edge-convnext."
+        f"({recipe.description}), {contract.name!r} input. Converted by edge-convnext."
     )
     mlmodel.author = f"edge-convnext {__version__} conversion of {model.source}"
     mlmodel.license = model.license
     mlmodel.version = model.revision or f"edge-convnext {__version__}"
-    if contract == "app":
+    if contract.normalized_in_graph:
         pre = model.preprocessing
         mlmodel.input_description[IMAGE_INPUT] = (
             f"RGB image, {side}x{side}: resize the shortest edge to {pre.resize_shortest} "
@@ -486,13 +489,13 @@ def _set_metadata(mlmodel, model: LoadedModel, recipe: Recipe, contract: str) ->
         "revision": model.revision or "",
         "model_type": model.model_type,
         "recipe": recipe.name,
-        "contract": contract,
+        "contract": contract.name,
         "preprocessing": json.dumps(model.preprocessing.to_dict()),
         "logits_output": LOGITS_OUTPUT,
     }
     for key, value in facts.items():
         meta[METADATA_PREFIX + key] = str(value)
-    if contract == "app":
+    if contract.normalized_in_graph:
         meta[PREVIEW_KEY] = "imageClassifier"
 
 
@@ -502,29 +505,26 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def _write(model, recipe, contract, out_dir, mlmodel, details) -> Path:
-    from edge_convnext.targets import lowering
+def _write(model, recipe, contract, out_dir, mlmodel, details, record) -> Path:
+    from . import lowering
 
-    artifact = lowering.write_artifact(
+    return lowering.write_artifact(
         model,
         recipe,
         contract,
-        NAME,
+        TARGET,
         out_dir,
         lambda path: mlmodel.save(str(path)),
         details,
+        quantization=record,
+        input_facts=input_facts(contract),  # what Core ML exposes, not the runner's array
         output_name=LOGITS_OUTPUT,
     )
-    # The shared input spec names the input "pixels" and describes the runner's uint8 NHWC
-    # array; say what Core ML actually exposes.
-    sidecar = manifests.read(artifact)
-    sidecar.input.update(_input_facts(contract))
-    manifests.write(sidecar, artifact)
-    return artifact
 
 
-def _input_facts(contract: str) -> dict:
-    if contract == "app":
+def input_facts(contract: InputContract) -> dict:
+    """The input Core ML exposes for ``contract``: its name and type."""
+    if contract.normalized_in_graph:
         return {
             "name": IMAGE_INPUT,
             "coreml_type": "image (RGB, CVPixelBuffer/CGImage); scale 1/255, bias 0",
@@ -556,7 +556,7 @@ class CoreMLRunner(ArtifactRunner):
 
     def __init__(self, path: str | Path, threads: int | None = None):
         super().__init__(path)
-        self.input_name = IMAGE_INPUT if self.contract == "app" else TENSOR_INPUT
+        self.input_name = input_facts(self.contract)["name"]
         # Core ML and numpy size their own thread pools; ``threads`` is accepted for the common
         # signature only.
         self.threads = threads
@@ -575,16 +575,16 @@ class CoreMLRunner(ArtifactRunner):
             try:
                 self._evaluator = coreml_mil.MilEvaluator.from_mlpackage(self.path)
             except ImportError:
-                raise EdgeConvnextError(
+                raise ArtifactError(
                     f"{self.path}: running a .mlpackage off macOS needs coremltools to read the "
                     f"program; {EVALUATOR_HINT}"
                 ) from None
             self._run = self._run_evaluator
             input_names = self._evaluator.input_names
         if self.input_name not in input_names:
-            raise EdgeConvnextError(
+            raise ArtifactError(
                 f"{self.path}: expected input {self.input_name!r} for contract "
-                f"{self.contract!r}, the model has {choices(input_names)}; was it made by "
+                f"{self.contract.name!r}, the model has {choices(input_names)}; was it made by "
                 "`edge-convnext export --target coreml`?"
             )
 
@@ -595,7 +595,7 @@ class CoreMLRunner(ArtifactRunner):
         return self._evaluator(**{self.input_name: batch})[LOGITS_OUTPUT]
 
     def _run_core_ml(self, batch: np.ndarray) -> np.ndarray:
-        if self.contract == "app":
+        if self.contract.normalized_in_graph:
             from PIL import Image
 
             value = Image.fromarray(np.ascontiguousarray(batch[0], dtype=np.uint8))  # RGB
@@ -608,7 +608,7 @@ def load(path: Path, threads: int | None = None) -> CoreMLRunner:
     """A runner for a ``.mlpackage`` written by :func:`export` (needs its sidecar manifest)."""
     path = Path(path)
     if not path.is_dir():
-        raise EdgeConvnextError(f"{path}: no such .mlpackage (a directory)")
+        raise NotFoundError(f"{path}: no such .mlpackage (a directory)")
     return CoreMLRunner(path, threads)
 
 
@@ -619,16 +619,19 @@ def describe(path: Path) -> dict:
     """Spec summary for ``inspect``: I/O, classifier, metadata, op counts, precision, target."""
     path = Path(path)
     if not path.is_dir():
-        raise EdgeConvnextError(f"{path}: no such .mlpackage (a directory)")
+        raise NotFoundError(f"{path}: no such .mlpackage (a directory)")
     try:
         import coremltools as ct
     except ImportError:
-        raise EdgeConvnextError(
+        raise ArtifactError(
             f"inspecting a .mlpackage needs coremltools; {EVALUATOR_HINT}"
         ) from None
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    try:
+        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    except (OSError, RuntimeError, ValueError) as error:  # a damaged package
+        raise ArtifactError(f"{path}: coremltools cannot read the package ({error})") from None
     if spec.WhichOneof("Type") != "mlProgram":
-        raise UnsupportedError(f"{path}: a {spec.WhichOneof('Type')!r} model, not an ML Program")
+        raise ArtifactError(f"{path}: a {spec.WhichOneof('Type')!r} model, not an ML Program")
     description = spec.description
     metadata = description.metadata
     block = _main_block(spec)
@@ -755,3 +758,36 @@ def _classify_source(block) -> str | None:
                 chain.append(producers[source.inputs["x"].arguments[0].name].type)
             return " <- ".join(chain)
     return None
+
+
+# --- the interface ------------------------------------------------------------------------------
+
+
+class CoreML(Target):
+    name = NAME
+    suffixes = (SUFFIX,)
+    recipes = ("fp32", "fp16", "w8", "w8a8", "w4", "palette4", "palette6")
+    toolchain = "coremltools"
+    tool_packages = ("coremltools", "torchao")
+    artifact = "`.mlpackage`"
+    converter = "`coremltools.convert` (ML Program, image input, classifier)"
+    runtime = "macOS: Core ML; Linux: numpy MIL evaluator"
+
+    def rewrites_for(self, recipe):
+        # SmoothQuant balancing needs each block's hidden channels as one NCHW tensor between
+        # two 1x1 convs, which the portable graph does not have.
+        if recipe.smoothquant_alpha is not None:
+            return self.rewrites + ("pointwise-conv-blocks",)
+        return self.rewrites
+
+    def quantized_contract(self, contract):
+        return QUANTIZE_CONTRACT
+
+    # The module's functions are the implementation (same signatures, no ``self``).
+    quantization_scheme = staticmethod(quantization_scheme)
+    export = staticmethod(export)
+    load = staticmethod(load)
+    describe = staticmethod(describe)
+
+
+TARGET = CoreML()

@@ -27,18 +27,24 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_convnext import contracts
 from edge_convnext import manifest as manifests
-from edge_convnext.errors import EdgeConvnextError, UnsupportedError
-from edge_convnext.manifest import DEFAULT_CONTRACT
+from edge_convnext.errors import (
+    ArtifactError,
+    EdgeConvnextError,
+    NotFoundError,
+    UsageError,
+)
 
-from . import check_supported
+from .base import NO_QUANTIZATION, XNNPACK_REWRITES, Quantization, Target
 from .runner import ArtifactRunner
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
 
+    from ..contracts import InputContract
     from ..models import LoadedModel
-    from ..quantize.ptq import PT2EScheme, QuantizedGraph
+    from ..quantize.ptq import PT2EScheme
     from ..quantize.recipes import Recipe
 
 NAME = "executorch"
@@ -68,38 +74,50 @@ def export(
     model: LoadedModel,
     recipe: Recipe,
     out_dir: Path,
-    contract: str = DEFAULT_CONTRACT,
-    quantized: QuantizedGraph | None = None,
+    contract: InputContract | str = contracts.DEFAULT,
+    quantization: Quantization = NO_QUANTIZATION,
+    *,
+    progress: bool = False,
 ) -> Path:
     """Lower ``model`` to a ``.pte`` with the XNNPACK delegate; write it and its sidecar manifest.
 
     Args:
         model: the :class:`edge_convnext.models.LoadedModel` to lower.
-        recipe: the :class:`edge_convnext.quantize.recipes.Recipe`; only ``fp32`` for now.
+        recipe: the :class:`edge_convnext.quantize.recipes.Recipe`: ``fp32``, or an int8 recipe
+            whose PT2E graph ``quantization.graph`` brings.
         out_dir: directory for ``<model>.<recipe>.<contract>.pte`` and its ``.json`` sidecar.
-        contract: input contract, ``app`` (uint8 NHWC) or ``float-nchw``.
-        quantized: for int8 recipes, the PT2E-converted graph (from ``quantize.ptq``/``qat``)
+        contract: the input contract (``contracts.APP``: uint8 NHWC; ``FLOAT_NCHW``).
+        quantization: for int8 recipes, the PT2E-converted graph (from ``quantize.ptq``/``qat``)
             taking ``contract``'s input; it is lowered instead of the float model.
+        progress: unused (the lowering shows no progress).
 
     Returns:
         The artifact path.
 
     Raises:
-        UnsupportedError: the recipe or contract is not supported by this target.
+        UnsupportedError: the recipe is not supported by this target.
+        ArtifactError: XNNPACK cannot run the lowered program.
     """
     from . import lowering
 
-    check_supported(NAME, recipe.name)
+    TARGET.check(recipe)
+    contract = contracts.get(contract)
+    quantized = quantization.graph
     module = quantized.graph if quantized else lowering.with_contract(model, contract)
     example = lowering.example_input(contract, model.preprocessing)
     start = time.perf_counter()
     buffer, details = _lower(_export_program(module, example))
-    _check_runs(buffer, example, where=f"{model.name} {recipe.name} ({contract})")
-    if quantized:
-        details["quantization"] = quantized.details
+    _check_runs(buffer, example, where=f"{model.name} {recipe.name} ({contract.name})")
     details["export_seconds"] = round(time.perf_counter() - start, 2)
     return lowering.write_artifact(
-        model, recipe, contract, NAME, out_dir, lambda path: _write_program(buffer, path), details
+        model,
+        recipe,
+        contract,
+        TARGET,
+        out_dir,
+        lambda path: _write_program(buffer, path),
+        details,
+        quantization=quantized.record if quantized else None,
     )
 
 
@@ -107,17 +125,18 @@ def quantization_scheme(
     recipe: Recipe, qat: bool = False, keep_float: tuple[str, ...] | list[str] = ()
 ) -> PT2EScheme:
     """XNNPACK's PT2E quantizer for ``recipe``: per-channel symmetric int8 weights, per-tensor
-    int8 activations (the configuration XNNPACK's int8 kernels take), on the recipe's ``layers``
-    minus ``keep_float``."""
+    int8 activations (the configuration XNNPACK's int8 kernels take) observed with the recipe's
+    ``observer``, on the recipe's ``layers`` minus ``keep_float``."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
     from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
-    from edge_convnext.quantize.ptq import layer_filter
+    from edge_convnext.quantize.ptq import int8_config, layer_filter
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    config = int8_config(config, recipe, NAME, qat=qat)
     quantizer = XNNPACKQuantizer().set_global(config)
     quantizer.set_filter_function(layer_filter(recipe.layers, keep_float))
     return Scheme(quantizer, fold_quantize=True)
@@ -161,7 +180,7 @@ def _check_runs(buffer: bytes, example, where: str) -> None:
     try:
         portable_lib._load_for_executorch_from_buffer(buffer).forward((example,))
     except RuntimeError as error:
-        raise UnsupportedError(
+        raise ArtifactError(
             f"ExecuTorch cannot run the lowered {where} ({error}); nothing was written. The "
             "target's own rewrites (no --rewrites) lower every supported recipe."
         ) from None
@@ -216,7 +235,7 @@ class ExecuTorchRunner(ArtifactRunner):
             self.program = runtime.load_program(self.path)
             self.method = self.program.load_method(METHOD)
         except RuntimeError as error:
-            raise EdgeConvnextError(
+            raise ArtifactError(
                 f"{self.path}: ExecuTorch cannot load method {METHOD!r} ({error}); expected a "
                 "program written by `edge-convnext export --target executorch`"
             ) from None
@@ -226,9 +245,9 @@ class ExecuTorchRunner(ArtifactRunner):
 
     def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape != self._input_shape or batch.dtype != self._input_dtype:
-            raise EdgeConvnextError(
+            raise ArtifactError(
                 f"{self.path.name}: expected input {self._input_dtype} {list(self._input_shape)} "
-                f"(contract {self.contract!r}), got {batch.dtype} {list(batch.shape)}"
+                f"(contract {self.contract.name!r}), got {batch.dtype} {list(batch.shape)}"
             )
         pixels = self._torch.from_numpy(np.ascontiguousarray(batch))
         (logits,) = self.method.execute([pixels])  # outputs are cloned: safe to keep
@@ -244,7 +263,7 @@ def load(path: Path, threads: int | None = None) -> ExecuTorchRunner:
             is process-wide: it is resized only while no other ``.pte`` runner is open.
 
     Raises:
-        EdgeConvnextError: ExecuTorch is not installed, or the file or sidecar is not usable.
+        ArtifactError: ExecuTorch is not installed, or the file or sidecar is not usable.
     """
     return ExecuTorchRunner(path, threads)
 
@@ -257,7 +276,7 @@ def _import_runtime():
             import torch
             from executorch.runtime import Runtime
     except ImportError as error:
-        raise EdgeConvnextError(
+        raise ArtifactError(
             f"the ExecuTorch runtime is not installed ({error}); running .pte files needs "
             f"executorch and torch: {INSTALL_HINT}"
         ) from None
@@ -272,7 +291,7 @@ def _size_thread_pool(threads: int | None) -> int:
     if not _DEFAULT_THREADS:
         _DEFAULT_THREADS.append(current)
     if threads is not None and threads < 1:
-        raise EdgeConvnextError(f"threads must be >= 1, got {threads}")
+        raise UsageError(f"threads must be >= 1, got {threads}")
     wanted = threads if threads is not None else _DEFAULT_THREADS[0]
     if wanted != current and not len(_OPEN_RUNNERS):
         # "unsafe": methods loaded earlier keep a pointer to the pool this destroys.
@@ -293,11 +312,11 @@ def describe(path: Path) -> dict:
         operator), per-method counts, and ``export_delegation`` from the manifest if present.
 
     Raises:
-        EdgeConvnextError: the file is missing or not an ExecuTorch program.
+        NotFoundError: the file is missing. ArtifactError: not an ExecuTorch program.
     """
     path = Path(path)
     if not path.is_file():
-        raise EdgeConvnextError(f"{path}: no such .pte file")
+        raise NotFoundError(f"{path}: no such .pte file")
     data = path.read_bytes()
     program = _deserialize(path, data)
     methods = {plan.name: _describe_plan(plan) for plan in program.execution_plan}
@@ -328,7 +347,7 @@ def _deserialize(path: Path, data: bytes):
     try:
         return deserialize_pte_binary(data).program
     except Exception as error:  # flatbuffer parsing raises assorted types on a foreign file
-        raise EdgeConvnextError(f"{path}: not an ExecuTorch .pte program ({error})") from None
+        raise ArtifactError(f"{path}: not an ExecuTorch .pte program ({error})") from None
 
 
 def _delegates(program):
@@ -387,3 +406,27 @@ def _xnnpack_node_counts(blobs: list[tuple[str, bytes]]) -> dict | None:
     except Exception:  # noqa: BLE001 - a private format: describe the rest of the file regardless
         return None
     return dict(counts.most_common())
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+class ExecuTorch(Target):
+    name = NAME
+    suffixes = (SUFFIX,)
+    recipes = ("fp32", "w8a8", "w8a8-qat")
+    rewrites = XNNPACK_REWRITES
+    toolchain = "executorch"
+    tool_packages = ("executorch", "torchao")
+    artifact = "`.pte`"
+    converter = "`torch.export` → `to_edge_transform_and_lower(XnnpackPartitioner)`"
+    runtime = "`executorch.runtime` (needs torch)"
+
+    # The module's functions are the implementation (same signatures, no ``self``).
+    quantization_scheme = staticmethod(quantization_scheme)
+    export = staticmethod(export)
+    load = staticmethod(load)
+    describe = staticmethod(describe)
+
+
+TARGET = ExecuTorch()

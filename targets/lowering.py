@@ -7,13 +7,15 @@ from pathlib import Path
 
 import torch
 
+from edge_convnext import contracts
 from edge_convnext import manifest as manifests
 from edge_convnext.atomic import atomic_path
-from edge_convnext.errors import UnsupportedError, choices
+from edge_convnext.contracts import InputContract
 from edge_convnext.models import LoadedModel
 from edge_convnext.preprocess import Preprocessing
 from edge_convnext.quantize.recipes import Recipe
-from edge_convnext.targets import artifact_name
+
+from .base import Target
 
 
 class AppInput(torch.nn.Module):
@@ -35,45 +37,51 @@ class AppInput(torch.nn.Module):
         return self.model(x * self.scale - self.shift)
 
 
-def with_contract(loaded: LoadedModel, contract: str, module: torch.nn.Module | None = None):
+def with_contract(
+    loaded: LoadedModel, contract: InputContract | str, module: torch.nn.Module | None = None
+):
     """``module`` (default: the loaded model) wrapped to take ``contract``'s input."""
-    if contract not in manifests.CONTRACTS:
-        raise UnsupportedError(
-            f"unknown input contract {contract!r}; valid: {choices(manifests.CONTRACTS)}"
-        )
     module = module if module is not None else loaded.module
-    if contract == "app":
+    if contracts.get(contract).normalized_in_graph:
         return AppInput(module, loaded.preprocessing).eval()
     return module.eval()
 
 
-def example_input(contract: str, preprocessing: Preprocessing) -> torch.Tensor:
+def example_input(contract: InputContract | str, preprocessing: Preprocessing) -> torch.Tensor:
     """A batch-1 example in ``contract``'s layout and dtype (for tracing/export)."""
-    side = preprocessing.crop_size
-    if contract == "app":
-        return torch.randint(0, 256, (1, side, side, 3), dtype=torch.uint8)
-    return torch.randn(1, 3, side, side)
+    contract = contracts.get(contract)
+    shape = contract.shape(preprocessing.crop_size)
+    if contract.dtype == "uint8":
+        return torch.randint(0, 256, shape, dtype=torch.uint8)
+    return torch.randn(shape)
 
 
 def write_artifact(
     loaded: LoadedModel,
     recipe: Recipe,
-    contract: str,
-    target: str,
+    contract: InputContract,
+    target: Target,
     out_dir: Path,
     write: Callable[[Path], None],
     details: dict | None = None,
+    *,
+    quantization: manifests.QuantizationRecord | None = None,
+    input_facts: dict | None = None,
     output_name: str = "logits",
 ) -> Path:
-    """Write an artifact via ``write(temporary_path)`` + rename, then its sidecar manifest."""
-    final = Path(out_dir) / artifact_name(loaded.name, recipe.name, contract, target)
+    """Write an artifact via ``write(temporary_path)`` + rename, then its sidecar manifest.
+
+    ``input_facts`` adds to (or overrides) the contract's input spec: what the runtime exposes,
+    e.g. Core ML's image input name.
+    """
+    final = Path(out_dir) / target.artifact_name(loaded.name, recipe.name, contract.name)
     with atomic_path(final) as temporary:
         write(temporary)
     manifest = manifests.Manifest(
         artifact=final.name,
-        target=target,
+        target=target.name,
         recipe=recipe.name,
-        contract=contract,
+        contract=contract.name,
         model={
             "name": loaded.name,
             "source": loaded.source,
@@ -82,10 +90,11 @@ def write_artifact(
             "license": loaded.license,
         },
         preprocessing=loaded.preprocessing.to_dict(),
-        input=manifests.input_spec(contract, loaded.preprocessing),
+        input={**contract.input_spec(loaded.preprocessing), **(input_facts or {})},
         output={"name": output_name, "shape": [1, len(loaded.labels)], "kind": "logits"},
         labels=list(loaded.labels),
+        quantization=quantization,
         details={"recipe": recipe.to_dict(), "rewrites": list(loaded.rewrites), **(details or {})},
     )
-    manifests.write(manifest, final)
+    manifests.write(manifest, final, target.tool_packages)
     return final

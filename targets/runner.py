@@ -7,14 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from edge_convnext import manifest as manifests
-from edge_convnext.preprocess import normalize
 
 
 class ArtifactRunner:
     """Runs one artifact: ``uint8 (N, H, W, 3)`` RGB crops -> ``float32 (N, classes)`` logits.
 
     Subclasses build their runtime once in ``__init__`` and implement :meth:`run_contract_input`,
-    which takes one batch-1 input already in the artifact's contract (see ``manifest.CONTRACTS``).
+    which takes one batch-1 input already in the artifact's contract (``edge_convnext.contracts``).
     """
 
     target = ""
@@ -25,16 +24,12 @@ class ArtifactRunner:
         self.name = str(path)
         self.manifest = manifests.read(self.path)
         self.recipe = self.manifest.recipe
-        self.contract = self.manifest.contract
+        self.contract = self.manifest.input_contract
         self.labels = self.manifest.labels
         self.preprocessing = self.manifest.preprocessing_recipe
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        crops = crops[None] if crops.ndim == 3 else crops
-        if self.contract == "app":
-            inputs = np.ascontiguousarray(crops, dtype=np.uint8)
-        else:
-            inputs = normalize(crops, self.preprocessing)
+        inputs = self.contract.inputs(crops, self.preprocessing)
         # Artifacts are exported at batch 1, the shape apps run them at.
         outputs = [self.run_contract_input(inputs[i : i + 1]) for i in range(len(inputs))]
         return np.concatenate(outputs).astype(np.float32, copy=False)

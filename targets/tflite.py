@@ -36,20 +36,27 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_convnext import __version__
-from edge_convnext import manifest as manifests
-from edge_convnext.errors import EdgeConvnextError, UnsupportedError
-from edge_convnext.preprocess import normalize
-from edge_convnext.targets import check_supported
-from edge_convnext.targets import tflite_integer as integer
-from edge_convnext.targets import tflite_metadata as metadata
-from edge_convnext.targets.runner import ArtifactRunner
-from edge_convnext.targets.tflite_metadata import read_metadata
+from edge_convnext import __version__, contracts
+from edge_convnext.errors import (
+    ArtifactError,
+    EdgeConvnextError,
+    NotFoundError,
+    UnsupportedError,
+    UsageError,
+)
+from edge_convnext.manifest import QuantizationRecord
+
+from . import tflite_integer as integer
+from . import tflite_metadata as metadata
+from .base import IMAGES, NO_QUANTIZATION, XNNPACK_REWRITES, Quantization, Target
+from .runner import ArtifactRunner
+from .tflite_metadata import read_metadata
 
 if TYPE_CHECKING:  # models imports torch; this module must import without it
+    from edge_convnext.contracts import InputContract
     from edge_convnext.models import LoadedModel
     from edge_convnext.quantize.calibration import Calibration
-    from edge_convnext.quantize.ptq import PT2EScheme, QuantizedGraph
+    from edge_convnext.quantize.ptq import PT2EScheme
     from edge_convnext.quantize.recipes import Recipe
 
 NAME = "tflite"
@@ -59,7 +66,8 @@ RUNTIME_HINT = "pip install 'edge-convnext[pi]' (ai-edge-litert) or tflite-runti
 TOOLCHAIN_HINT = "pip install 'edge-convnext[tflite]' (litert-torch)"
 DELEGATE = "XNNPACK"  # what ai-edge-litert's Interpreter applies by default on CPU
 # Recipes export() calibrates itself, on the converted flatbuffer (ai-edge-quantizer), instead of
-# taking a PT2E graph: the pipeline hands it the calibration images.
+# taking a PT2E graph (Target.calibration: IMAGES); they also keep the portable graph, whose
+# LayerNorm ops NPU delegates know.
 CALIBRATES_ITSELF = frozenset({"int8-full"})
 
 __all__ = ["NAME", "SUFFIX", "NOTE", "export", "load", "describe", "read_metadata", "TFLiteRunner"]
@@ -72,13 +80,12 @@ def export(
     model: LoadedModel,
     recipe: Recipe,
     out_dir: Path,
-    contract: str = manifests.DEFAULT_CONTRACT,
-    quantized: QuantizedGraph | None = None,
+    contract: InputContract | str = contracts.DEFAULT,
+    quantization: Quantization = NO_QUANTIZATION,
     *,
     module=None,
     convert_options: dict | None = None,
     postprocess: Callable[[bytes], bytes] | None = None,
-    calibration: Calibration | None = None,
     progress: bool = False,
 ) -> Path:
     """Convert ``model`` with litert-torch, embed TFLite Metadata, write ``.tflite`` + sidecar.
@@ -87,19 +94,19 @@ def export(
         model: the classifier and what its artifact carries (labels, preprocessing, licence).
         recipe: the numerics; must be supported by this target (``targets.SUPPORT``).
         out_dir: where ``<model>.<recipe>.<contract>.tflite`` and its ``.json`` go.
-        contract: ``"app"`` (uint8 NHWC, normalization in the graph) or ``"float-nchw"``.
+        contract: ``contracts.APP`` (uint8 NHWC, normalization in the graph) or ``FLOAT_NCHW``.
         module: a torch module to convert instead of ``model.module`` (e.g. after PT2E
             prepare/convert); like it, it maps normalized ``float32 (N, 3, H, W)`` to logits, and
             ``lowering.with_contract`` adds the contract's input around it.
-        quantized: for int8 recipes, the PT2E-converted graph (from ``quantize.ptq``/``qat``)
-            taking ``contract``'s input; it is converted with its quantizer instead of ``module``.
+        quantization: for ``w8a8``/``w8a8-qat``, ``graph`` is the PT2E-converted graph (from
+            ``quantize.ptq``/``qat``) taking ``contract``'s input, converted with its quantizer
+            instead of ``module``; for recipes in :data:`CALIBRATES_ITSELF` (``int8-full``),
+            ``images`` are the calibration crops: the fp32 flatbuffer is quantized by
+            ai-edge-quantizer (``tflite_integer``) and their keys go to the manifest.
         convert_options: extra keyword arguments for ``litert_torch.convert`` (``quant_config``,
             ``_litert_converter_flags``, ...); their names are recorded in the manifest.
         postprocess: applied to the converted flatbuffer before the metadata is embedded
             (e.g. an ai-edge-quantizer pass); its name is recorded in the manifest.
-        calibration: for recipes in :data:`CALIBRATES_ITSELF` (``int8-full``), the calibration
-            crops: the fp32 flatbuffer is quantized by ai-edge-quantizer (``tflite_integer``)
-            and their keys go to the manifest.
         progress: show ai-edge-quantizer's progress bars (``int8-full``); off by default, like
             litert-torch's, which are always off.
 
@@ -109,21 +116,23 @@ def export(
         float tensor between input and output; ``int8-full`` refuses to write one that has any.
 
     Raises:
-        UnsupportedError: unknown contract, unsupported recipe, the converter rejected the model,
-            or an ``int8-full`` graph kept float ops between input and output.
-        EdgeConvnextError: litert-torch (or ai-edge-quantizer) is not installed, or
-            ``int8-full`` without calibration images.
+        UnsupportedError: unknown contract or unsupported recipe.
+        UsageError: ``int8-full`` without calibration images.
+        ArtifactError: litert-torch (or ai-edge-quantizer) is not installed, the converter
+            rejected the model, or an ``int8-full`` graph kept float ops between input and output.
     """
     from edge_convnext.targets import lowering  # torch
 
-    check_supported(NAME, recipe.name)
+    TARGET.check(recipe)
+    contract = contracts.get(contract)
     example = lowering.example_input(contract, model.preprocessing)
     options = dict(convert_options or {})
-    quantization = quantized.details if quantized else None
+    quantized = quantization.graph
+    record = quantized.record if quantized else None
     if recipe.name in CALIBRATES_ITSELF:
         if quantized is not None or postprocess is not None:
             raise ValueError(f"recipe {recipe.name!r} brings its own quantization pass")
-        postprocess, quantization = _full_integer(model, contract, calibration, progress)
+        postprocess, record = _full_integer(model, recipe, contract, quantization.images, progress)
     if quantized is not None:
         from litert_torch.quantize.quant_config import QuantConfig
 
@@ -131,7 +140,7 @@ def export(
         options["quant_config"] = QuantConfig(pt2e_quantizer=quantized.scheme.quantizer)
     else:
         lowered = lowering.with_contract(model, contract, module)
-    flatbuffer = convert(lowered, example, where=f"{model.name} ({contract})", **options)
+    flatbuffer = convert(lowered, example, where=f"{model.name} ({contract.name})", **options)
     if postprocess is not None:
         flatbuffer = postprocess(flatbuffer)
     info = classifier_metadata(model, recipe, contract)
@@ -147,15 +156,14 @@ def export(
     artifact = metadata.embed(flatbuffer, metadata.build_metadata(info), labels, edit=edit)
     float_ops = None if recipe.is_float else integer.float_ops_between_io(artifact)
     if recipe.name in CALIBRATES_ITSELF and float_ops:
-        raise UnsupportedError(
-            f"{model.name} ({contract}): recipe {recipe.name!r} left float ops between input and "
-            f"output: {', '.join(float_ops[:10])}"
+        raise ArtifactError(
+            f"{model.name} ({contract.name}): recipe {recipe.name!r} left float ops between "
+            f"input and output: {', '.join(float_ops[:10])}"
         )
     details = {
         "converter": "litert_torch.convert",
         "convert_options": sorted(options),
         "postprocess": getattr(postprocess, "__name__", repr(postprocess)) if postprocess else None,
-        "quantization": quantization,
         "ops": op_counts(artifact),
         "slimmed": slimmed,
         # The int8 logits litert-torch left as the output, now DEQUANTIZEd to float32 (w8a8).
@@ -166,51 +174,68 @@ def export(
         else dict(Counter(op.split(":", 1)[1] for op in float_ops)),
         "delegation": delegation(_interpreter(model_content=artifact)),
         "tflite_metadata": {
-            "task_library_image_classifier": contract == "app",
+            "task_library_image_classifier": contract.layout == "NHWC",
             "normalization": {"mean": list(info.mean), "std": list(info.std)},
             "associated_files": sorted(labels),
         },
     }
     return lowering.write_artifact(
-        model, recipe, contract, NAME, out_dir, lambda path: path.write_bytes(artifact), details
+        model,
+        recipe,
+        contract,
+        TARGET,
+        out_dir,
+        lambda path: path.write_bytes(artifact),
+        details,
+        quantization=record,
     )
 
 
 def _full_integer(
-    model: LoadedModel, contract: str, calibration: Calibration | None, progress: bool = False
+    model: LoadedModel,
+    recipe: Recipe,
+    contract: InputContract,
+    calibration: Calibration | None,
+    progress: bool = False,
 ):
-    """The ai-edge-quantizer pass for ``int8-full`` on ``calibration``'s crops, and its facts."""
+    """The ai-edge-quantizer pass for ``int8-full`` on ``calibration``'s crops, and the record it
+    fills in when it runs."""
     if calibration is None:
-        raise EdgeConvnextError(
+        raise UsageError(
             "recipe 'int8-full' is calibrated on the converted model: pass calibration images "
             "(pipeline.build does, from --calib DIR)"
         )
-    if contract == "app":
-        samples = [crop[None] for crop in calibration.crops]
-    else:
-        samples = list(normalize(calibration.crops, model.preprocessing)[:, None])
-    facts: dict = {}
+    if recipe.observer != integer.OBSERVER:
+        raise UnsupportedError(
+            f"recipe {recipe.name!r}: ai-edge-quantizer calibrates with observer "
+            f"{integer.OBSERVER!r} only, not {recipe.observer!r}"
+        )
+    samples = list(contract.inputs(calibration.crops, model.preprocessing)[:, None])
+    facts: dict = {}  # filled in when the pass runs
 
     def ai_edge_quantizer_static_wi8_ai8(flatbuffer: bytes) -> bytes:
         quantized, details = integer.quantize(flatbuffer, samples, contract, progress=progress)
-        facts.update(details, calibration=calibration.manifest_entry())
+        facts.update(details)
         return quantized
 
-    return ai_edge_quantizer_static_wi8_ai8, facts
+    return ai_edge_quantizer_static_wi8_ai8, QuantizationRecord(
+        "ptq", calibration.record(), facts=facts
+    )
 
 
 def quantization_scheme(
     recipe: Recipe, qat: bool = False, keep_float: tuple[str, ...] | list[str] = ()
 ) -> PT2EScheme:
     """litert-torch's PT2E quantizer for ``recipe``: per-channel symmetric int8 weights,
-    per-tensor int8 activations; quantize ops stay unfolded for the converter to read."""
+    per-tensor int8 activations observed with the recipe's ``observer``; quantize ops stay
+    unfolded for the converter to read."""
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
         get_symmetric_quantization_config,
     )
 
     from edge_convnext.quantize.ptq import PT2EScheme as Scheme  # runtime import
-    from edge_convnext.quantize.ptq import layer_filter
+    from edge_convnext.quantize.ptq import int8_config, layer_filter
 
     class ConvNextQuantizer(PT2EQuantizer):
         # litert-torch 0.10's conv+BatchNorm QAT annotators fail under torchao 0.18 (they pass a
@@ -227,6 +252,7 @@ def quantization_scheme(
 
     allow = layer_filter(recipe.layers, keep_float)
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    config = int8_config(config, recipe, NAME, qat=qat)
     quantizer = ConvNextQuantizer().set_global(config)
     return Scheme(quantizer, fold_quantize=False)
 
@@ -236,7 +262,7 @@ def convert(module, example, *, where: str = "model", **options) -> bytes:
     try:
         import litert_torch
     except ImportError:
-        raise EdgeConvnextError(f"the tflite target needs litert-torch; {TOOLCHAIN_HINT}") from None
+        raise ArtifactError(f"the tflite target needs litert-torch; {TOOLCHAIN_HINT}") from None
     with _quiet_litert_torch():
         try:
             return bytes(litert_torch.convert(module, (example,), **options).model_content())
@@ -244,7 +270,7 @@ def convert(module, example, *, where: str = "model", **options) -> bytes:
             first = (
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             )
-            raise UnsupportedError(f"litert-torch could not convert {where}: {first}") from error
+            raise ArtifactError(f"litert-torch could not convert {where}: {first}") from error
 
 
 def slim(model_t) -> dict:
@@ -313,11 +339,11 @@ def _quiet_litert_torch():
             os.environ[key] = before
 
 
-def classifier_metadata(model: LoadedModel, recipe: Recipe, contract: str):
+def classifier_metadata(model: LoadedModel, recipe: Recipe, contract: InputContract):
     """The TFLite Metadata for ``model`` exported with ``recipe`` and ``contract``."""
     pre = model.preprocessing
     side = pre.crop_size
-    if contract == "app":
+    if contract.normalized_in_graph:
         # Normalization is in the graph: declare identity so Task Library does not apply it again.
         mean, std, low, high = (0.0,), (1.0,), (0.0,), (255.0,)
         described = f"uint8 RGB 0..255, NHWC (1, {side}, {side}, 3); normalization is in the graph."
@@ -336,10 +362,10 @@ def classifier_metadata(model: LoadedModel, recipe: Recipe, contract: str):
         name=model.name,
         description=(
             f"{model.model_type} image classifier ({len(model.labels)} classes), recipe "
-            f"{recipe.name} ({recipe.description}), input contract {contract!r}: "
-            f"{manifests.CONTRACTS[contract]}. Output: logits, no softmax."
+            f"{recipe.name} ({recipe.description}), input contract {contract.name!r}: "
+            f"{contract.description}. Output: logits, no softmax."
         ),
-        version=f"{source}; {recipe.name}.{contract}",
+        version=f"{source}; {recipe.name}.{contract.name}",
         author=f"checkpoint {model.source}; converted by edge-convnext {__version__}",
         license=model.license,
         input_name="pixels",
@@ -366,16 +392,25 @@ def _interpreter_class():
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
-            raise EdgeConvnextError(
+            raise ArtifactError(
                 f"running .tflite artifacts needs the LiteRT runtime; {RUNTIME_HINT}"
             ) from None
     return Interpreter
 
 
-def _interpreter(**source):
-    """A 1-thread interpreter on ``model_path=`` or ``model_content=``, tensors allocated."""
-    interpreter = _interpreter_class()(num_threads=1, **source)
-    interpreter.allocate_tensors()
+def _interpreter(num_threads: int | None = 1, **source):
+    """An interpreter on ``model_path=`` or ``model_content=``, tensors allocated.
+
+    Raises:
+        ArtifactError: no LiteRT runtime, or the bytes are not a model it can load (exit 1).
+    """
+    interpreter_class = _interpreter_class()
+    try:
+        interpreter = interpreter_class(num_threads=num_threads, **source)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:  # "The model is not a valid Flatbuffer buffer"
+        where = source.get("model_path", "the converted model")
+        raise ArtifactError(f"{where}: LiteRT cannot load it ({error})") from None
     return interpreter
 
 
@@ -387,21 +422,20 @@ class TFLiteRunner(ArtifactRunner):
     def __init__(self, path: str | Path, threads: int | None = None):
         super().__init__(path)
         self.threads = threads
-        self.interpreter = _interpreter_class()(model_path=str(self.path), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        self.interpreter = _interpreter(model_path=str(self.path), num_threads=threads)
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise EdgeConvnextError(
+            raise ArtifactError(
                 f"{self.path}: expected 1 input and 1 output tensor, found "
                 f"{len(inputs)} and {len(outputs)}"
             )
         self.input, self.output = inputs[0], outputs[0]
         expected = tuple(self.manifest.input["shape"])
         if tuple(self.input["shape"]) != expected:
-            raise EdgeConvnextError(
+            raise ArtifactError(
                 f"{self.path}: input tensor shape {tuple(self.input['shape'])} does not match "
-                f"the manifest's {self.contract!r} contract {expected}"
+                f"the manifest's {self.contract.name!r} contract {expected}"
             )
 
     def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
@@ -424,7 +458,7 @@ def _quantization(detail: dict) -> tuple[float, int] | None:
         scale, zero = detail.get("quantization", (0.0, 0))
         return (float(scale), int(zero)) if scale else None
     if scales.size != 1:
-        raise UnsupportedError(
+        raise ArtifactError(
             f"tensor {detail['name']!r} is quantized per channel; the runner handles per-tensor "
             "input/output quantization only"
         )
@@ -468,7 +502,7 @@ def _schema():
     try:
         from ai_edge_litert import schema_py_generated
     except ImportError:
-        raise EdgeConvnextError(
+        raise ArtifactError(
             f"reading .tflite structure needs ai-edge-litert; {RUNTIME_HINT}"
         ) from None
     return schema_py_generated
@@ -545,17 +579,17 @@ def describe(path: Path) -> dict:
     """Op counts, I/O tensors, XNNPACK delegation and embedded metadata of a ``.tflite``.
 
     Raises:
-        EdgeConvnextError: missing file or runtime.
+        NotFoundError: no such file. ArtifactError: no runtime, or unreadable metadata.
     """
     path = Path(path)
     if not path.is_file():
-        raise EdgeConvnextError(f"{path}: no such .tflite file")
+        raise NotFoundError(f"{path}: no such .tflite file")
     model = path.read_bytes()
     interpreter = _interpreter(model_path=str(path))
     try:
         info = metadata.metadata_from_bytes(model)
     except EdgeConvnextError as error:
-        raise EdgeConvnextError(f"{path}: {error}") from None
+        raise ArtifactError(f"{path}: {error}") from None
     summary = {k: info.get(k) for k in ("name", "version", "author", "license")} if info else {}
     if info:
         labels = info.get("labels") or []
@@ -575,3 +609,31 @@ def describe(path: Path) -> dict:
         "delegation": delegation(interpreter),
         "metadata": summary or None,
     }
+
+
+# --- the interface ------------------------------------------------------------------------------
+
+
+class TFLite(Target):
+    name = NAME
+    suffixes = (SUFFIX,)
+    recipes = ("fp32", "w8a8", "w8a8-qat", "int8-full")
+    rewrites = XNNPACK_REWRITES
+    portable_recipes = CALIBRATES_ITSELF
+    toolchain = "litert_torch"
+    tool_packages = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "torchao")
+    artifact = "`.tflite`"
+    converter = "`litert_torch.convert` (+ TFLite Metadata for Task Library)"
+    runtime = "`ai_edge_litert` (or `tflite_runtime`)"
+
+    def calibration(self, recipe):
+        return IMAGES if recipe.name in CALIBRATES_ITSELF else super().calibration(recipe)
+
+    # The module's functions are the implementation (same signatures, no ``self``).
+    quantization_scheme = staticmethod(quantization_scheme)
+    export = staticmethod(export)
+    load = staticmethod(load)
+    describe = staticmethod(describe)
+
+
+TARGET = TFLite()

@@ -27,12 +27,17 @@ import contextlib
 import copy
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_convnext.errors import EdgeConvnextError
+from edge_convnext.errors import ArtifactError, UsageError
+
+if TYPE_CHECKING:
+    from edge_convnext.contracts import InputContract
 
 QUANTIZER_RECIPE = "static_wi8_ai8"
+OBSERVER = "minmax"  # the only calibration ai-edge-quantizer's static recipes run (a recipe's)
 TOOLCHAIN_HINT = "pip install 'edge-convnext[tflite]' (ai-edge-quantizer)"
 APP_INPUT_RANGE = (0.0, 255.0)  # uint8 pixels: int8 scale 1, zero point -128, lossless
 
@@ -49,7 +54,7 @@ __all__ = [
 def quantize(
     flatbuffer: bytes,
     samples: Sequence[np.ndarray],
-    contract: str,
+    contract: InputContract,
     threads: int | None = None,
     *,
     progress: bool = False,
@@ -59,7 +64,7 @@ def quantize(
     Args:
         flatbuffer: the fp32 model from litert-torch (one signature, one input, one output).
         samples: calibration inputs, each batch-1 in the contract's layout and dtype.
-        contract: ``"app"`` (uint8 NHWC pixels) or ``"float-nchw"``.
+        contract: the artifact's input contract (uint8 NHWC pixels for ``contracts.APP``).
         threads: interpreter threads for calibration (default: the CPU count).
         progress: show ai-edge-quantizer's progress bars (calibration, transformations); off,
             none is printed.
@@ -68,16 +73,14 @@ def quantize(
         The quantized flatbuffer and facts for the manifest (quantizer recipe, I/O types).
 
     Raises:
-        EdgeConvnextError: ai-edge-quantizer is not installed, or no samples.
+        ArtifactError: ai-edge-quantizer is not installed. UsageError: no samples.
     """
     try:
         from ai_edge_quantizer import quantizer, recipe
     except ImportError:
-        raise EdgeConvnextError(
-            f"recipe int8-full needs ai-edge-quantizer; {TOOLCHAIN_HINT}"
-        ) from None
+        raise ArtifactError(f"recipe int8-full needs ai-edge-quantizer; {TOOLCHAIN_HINT}") from None
     if not samples:
-        raise EdgeConvnextError("recipe int8-full needs at least one calibration image")
+        raise UsageError("recipe int8-full needs at least one calibration image")
     config = getattr(recipe, QUANTIZER_RECIPE)()
     with _progress_bars(progress):
         qsvs = _calibrate(flatbuffer, samples, config, threads or os.cpu_count() or 1)
@@ -88,10 +91,9 @@ def quantize(
         )
     model = integer_io(bytes(result.quantized_model), contract)
     details = {
-        "method": "ptq",
         "quantizer": "ai-edge-quantizer",
         "quantizer_recipe": QUANTIZER_RECIPE,
-        "observer": "minmax (running min/max over all calibration images)",
+        "observer": f"{OBSERVER} (running min/max over all calibration images)",
         "calibration_images": len(samples),
         "io": io_types(model),
     }
@@ -157,12 +159,12 @@ def _pin_uint8_input(flatbuffer: bytes, qsvs: dict) -> None:
     pinned["max"] = np.full_like(pinned["max"], high)
 
 
-def integer_io(model: bytes, contract: str) -> bytes:
+def integer_io(model: bytes, contract: InputContract) -> bytes:
     """Integer input and output for ``contract`` (see the module docstring); else unchanged."""
     schema = _schema()
     root = _read(model)
     changed = _fold_input_cast(root, schema)
-    if contract == "app":
+    if contract.dtype == "uint8":
         changed = _uint8_output(root, schema) or changed
     return _write(root) if changed else model
 
@@ -364,7 +366,7 @@ def _schema():
     try:
         from ai_edge_litert import schema_py_generated
     except ImportError:
-        raise EdgeConvnextError(
+        raise ArtifactError(
             "reading .tflite structure needs ai-edge-litert; pip install 'edge-convnext[pi]'"
         ) from None
     return schema_py_generated

@@ -19,9 +19,13 @@ torch = pytest.importorskip("torch")
 
 from conftest import SEED_NAMES, real_images, textured_image  # noqa: E402
 
+from edge_convnext import contracts, targets  # noqa: E402
 from edge_convnext import manifest as manifests  # noqa: E402
-from edge_convnext import targets  # noqa: E402
-from edge_convnext.errors import EdgeConvnextError, UnsupportedError  # noqa: E402
+from edge_convnext.errors import (  # noqa: E402
+    ArtifactError,
+    EdgeConvnextError,
+    UnsupportedError,
+)
 from edge_convnext.labels import distinct_labels  # noqa: E402
 from edge_convnext.preprocess import (  # noqa: E402
     Preprocessing,
@@ -32,7 +36,7 @@ from edge_convnext.preprocess import (  # noqa: E402
 from edge_convnext.quantize.ptq import contract_batches, ptq  # noqa: E402
 from edge_convnext.quantize.recipes import Recipe, get  # noqa: E402
 from edge_convnext.quantize.sensitivity import quantizable_layers  # noqa: E402
-from edge_convnext.targets import coreml, coreml_mil, lowering  # noqa: E402
+from edge_convnext.targets import Quantization, coreml, coreml_mil, lowering  # noqa: E402
 from edge_convnext.testing import nontrivial_model  # noqa: E402
 
 SMALL = {"depths": [1, 1, 1, 1], "hidden_sizes": [16, 32, 64, 128]}
@@ -128,7 +132,7 @@ def test_app_artifact_is_an_image_classifier(seed_name, recipe, artifacts, model
     assert user["com.apple.coreml.model.preview.type"] == "imageClassifier"
     assert user["edge_convnext.source"] == loaded.source
     assert user["edge_convnext.recipe"] == recipe
-    assert user["edge_convnext.contract"] == "app"
+    assert user["edge_convnext.contract"] == contracts.APP.name
     preprocessing = Preprocessing.from_dict(json.loads(user["edge_convnext.preprocessing"]))
     assert preprocessing == loaded.preprocessing
     assert all(f.shortDescription for f in [*spec.description.input, *spec.description.output])
@@ -156,7 +160,9 @@ def test_sidecar_manifest_is_complete(contract, artifacts, models):
     assert manifest.model["source"] == loaded.source
     assert manifest.model["license"] == loaded.license
     assert manifest.preprocessing_recipe == loaded.preprocessing
-    assert manifest.input["name"] == ("image" if contract == "app" else "pixels")
+    assert manifest.input["name"] == (
+        "image" if contracts.get(contract).normalized_in_graph else "pixels"
+    )
     assert manifest.output == {"name": "logits", "shape": [1, 1000], "kind": "logits"}
     details = manifest.details
     assert details["recipe"]["name"] == "fp16"
@@ -203,7 +209,7 @@ def test_failed_conversion_leaves_nothing(models, tmp_path, monkeypatch):
         raise ValueError("unsupported op 'boom'")
 
     monkeypatch.setattr(ct, "convert", broken)
-    with pytest.raises(UnsupportedError, match="coremltools could not convert.*boom"):
+    with pytest.raises(ArtifactError, match="coremltools could not convert.*boom"):
         coreml.export(models[SEED_NAMES[0]], get("fp32"), tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -261,7 +267,7 @@ def _require_kmeans(recipe: str) -> None:
 
 @pytest.mark.parametrize("recipe", sorted(COMPRESSED))
 def test_compression_recipes_are_supported_data(recipe):
-    assert recipe in targets.SUPPORT["coreml"]
+    assert recipe in targets.support()["coreml"]
     data = get(recipe)
     assert (data.method, data.activations, data.calibration_size) == ("ptq", "fp16", 0)
     assert not data.needs_calibration
@@ -346,15 +352,18 @@ def test_w8a8_artifact_quantizes_activations_and_matches_its_graph(
     contract, w8a8_graph, models, crops, tmp_path
 ):
     loaded = models[SEED_NAMES[0]]
-    path = coreml.export(loaded, get("w8a8"), tmp_path, contract, quantized=w8a8_graph)
+    path = coreml.export(
+        loaded, get("w8a8"), tmp_path, contract, quantization=Quantization(graph=w8a8_graph)
+    )
     info = coreml.describe(path)
     assert info["ops"]["quantize"] == info["ops"]["dequantize"] >= 8
     assert info["ops"]["constexpr_affine_dequantize"] >= 8  # int8 conv/linear weights
     assert info["deployment_target"] == "iOS17"
     assert info["classifier"]["labels"] == 1000
-    details = manifests.read(path).details
-    assert details["quantization"]["method"] == "ptq"
-    assert "X86InductorQuantizer" in details["quantization"]["quantizer"]
+    sidecar = manifests.read(path)
+    details = sidecar.details
+    assert sidecar.quantization.method == "ptq"
+    assert "X86InductorQuantizer" in sidecar.quantization.facts["quantizer"]
     assert "weight_compression" not in details
 
     pixels = torch.from_numpy(normalize(crops, loaded.preprocessing))
@@ -380,9 +389,9 @@ def test_w8a8_needs_a_quantized_graph_of_the_bare_model(models, tmp_path):
         progress=False,
     )
     with pytest.raises(UnsupportedError, match=r"normalized float32 \(1, 3, 224, 224\)"):
-        coreml.export(loaded, get("w8a8"), tmp_path, quantized=app_graph)
+        coreml.export(loaded, get("w8a8"), tmp_path, quantization=Quantization(graph=app_graph))
     with pytest.raises(UnsupportedError, match="takes no PT2E-quantized graph"):
-        coreml.export(loaded, get("w8"), tmp_path, quantized=app_graph)
+        coreml.export(loaded, get("w8"), tmp_path, quantization=Quantization(graph=app_graph))
     assert list(tmp_path.iterdir()) == []
 
 

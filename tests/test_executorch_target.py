@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 from conftest import textured_image
 
+from edge_convnext import contracts
 from edge_convnext import manifest as manifests
-from edge_convnext import targets
 from edge_convnext.errors import EdgeConvnextError, UnsupportedError
 from edge_convnext.preprocess import normalize, resize_and_crop
 
 pytest.importorskip("executorch")
 torch = pytest.importorskip("torch")
 
-et = targets.get("executorch")
+from edge_convnext.targets import executorch as et  # noqa: E402
+
 SMALL = {"depths": [1, 1, 1, 1], "hidden_sizes": [16, 32, 64, 128]}
 # Both seeds and both contracts, in two exports (the flow tests cover the full cross product).
 CASES = [("convnext-tiny-224", "app"), ("convnextv2-tiny-1k-224", "float-nchw")]
@@ -73,7 +74,7 @@ def test_export_writes_program_and_manifest(artifacts, case):
     assert (manifest.target, manifest.recipe, manifest.contract) == ("executorch", "fp32", case[1])
     assert manifest.sha256 == manifests.sha256_of(path)
     assert manifest.size_bytes == path.stat().st_size
-    assert manifest.input["shape"] == ([1, 224, 224, 3] if case[1] == "app" else [1, 3, 224, 224])
+    assert manifest.input["shape"] == contracts.get(case[1]).shape(224)
     assert len(manifest.labels) == manifest.output["shape"][1] == 1000
     details = manifest.details
     assert "XnnpackPartitioner" in details["converter"]["flow"]
@@ -89,7 +90,7 @@ def test_export_writes_program_and_manifest(artifacts, case):
 @pytest.mark.parametrize("case", CASES, ids="-".join)
 def test_runner_matches_torch(models, artifacts, crops, case):
     runner = et.load(artifacts[case], threads=1)
-    assert (runner.target, runner.contract, runner.threads) == ("executorch", case[1], 1)
+    assert (runner.target, runner.contract.name, runner.threads) == ("executorch", case[1], 1)
     logits = runner(crops)
     model = models[case[0]]
     with torch.no_grad():

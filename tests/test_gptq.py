@@ -89,7 +89,16 @@ def test_the_target_quantizer_keeps_the_gptq_weights(target, photo_batch):
     _require(target)
     torch.manual_seed(0)
     batches = list(photo_batch[:4, :, :32, :32].split(1))
-    recipe = recipes.Recipe("t", "ptq", "int8", "int8", "test", layers=("pwconv1", "pwconv2"))
+    recipe = recipes.Recipe(
+        "t",
+        "ptq",
+        "int8",
+        "int8",
+        "test",
+        calibration_size=2,
+        observer="histogram",
+        layers=("pwconv1", "pwconv2"),
+    )
     model = gptq.round_weights(_TwoConvs().eval(), batches, recipe.layers)
     scheme = targets.get(target).quantization_scheme(recipe)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -9,15 +10,18 @@ import numpy as np
 import pytest
 from conftest import real_images, textured_image
 
-from edge_convnext import cli, manifest, pipeline, targets
-from edge_convnext.errors import EdgeConvnextError, UnsupportedError
+from edge_convnext import cli, contracts, manifest, pipeline, targets
+from edge_convnext.errors import ArtifactError, EdgeConvnextError, UnsupportedError
 from edge_convnext.preprocess import Preprocessing, load_crop, resize_and_crop
 from edge_convnext.quantize import recipes
 from edge_convnext.runners import calibration_keys, open_runner
 
 TOOLCHAINS = {"executorch": "executorch", "tflite": "litert_torch", "coreml": "coremltools"}
 PTQ_FLOWS = [
-    (t, r) for t, rs in targets.SUPPORT.items() for r in rs if recipes.RECIPES[r].needs_calibration
+    (t, r)
+    for t, rs in targets.support().items()
+    for r in rs
+    if recipes.RECIPES[r].needs_calibration
 ]
 
 
@@ -49,7 +53,7 @@ def test_recipes_are_validated_data():
     with pytest.raises(ValueError, match="unknown recipe keys"):
         recipes.Recipe.from_dict({**recipes.get("w8a8").to_dict(), "bits": 3})
     assert recipes.Recipe.from_dict(recipes.get("w8a8").to_dict()) == recipes.get("w8a8")
-    for supported in targets.SUPPORT.values():
+    for supported in targets.support().values():
         assert set(supported) <= set(recipes.RECIPES)
 
 
@@ -86,11 +90,17 @@ def test_w8a8_quantizes_exactly_the_recipe_layers(target, tiny_checkpoints, cali
     from edge_convnext.quantize.ptq import _innermost_module_path
 
     loaded = pipeline.prepare_model(
-        str(tiny_checkpoints["convnextv2-tiny-1k-224"]), targets.rewrites_for(target, "w8a8")
+        str(tiny_checkpoints["convnextv2-tiny-1k-224"]),
+        targets.get(target).rewrites_for(recipes.get("w8a8")),
     )
     recipe = recipes.get("w8a8")
     quantized = pipeline.calibrate(
-        loaded, recipe, targets.get(target), "app", pipeline.Calibration(calib_dir, 2), False
+        loaded,
+        recipe,
+        targets.get(target),
+        contracts.APP,
+        pipeline.Calibration(calib_dir, 2),
+        False,
     )
     convolutions = [  # Core ML's portable graph keeps pwconv1/pwconv2 as linears
         node
@@ -214,7 +224,7 @@ def test_qat_interrupted_and_resumed_ends_where_an_uninterrupted_run_ends(
     )
     artifact = capsys.readouterr().out.strip().splitlines()[-1]
     data = json.loads(manifest.manifest_path(__import__("pathlib").Path(artifact)).read_text())
-    assert data["details"]["quantization"]["method"] == "qat"
+    assert data["quantization"]["method"] == "qat"
     logits = open_runner(artifact)(_crops()[:2])
     assert logits.shape == (2, 1000) and np.isfinite(logits).all()
 
@@ -231,14 +241,25 @@ def test_qat_starts_balanced_and_export_rebuilds_the_trained_graph(
     checkpoint = str(tiny_checkpoints["convnext-tiny-224"])
     config = recipes.QATConfig(steps=2, batch_size=2, checkpoint_every=1)
     out = tmp_path / "v1.qat.pt"
-    run = qat.train(checkpoint, "executorch", calib_dir, out, config, images=4, progress=False)
+    run = qat.train(
+        checkpoint,
+        "executorch",
+        calib_dir,
+        out,
+        config,
+        load_model=pipeline.prepare_model,
+        images=4,
+        progress=False,
+    )
 
     student = qat.load_checkpoint(out)["student"]
     hidden_scales = [value for key, value in student.items() if key.endswith("hidden_scale")]
     assert hidden_scales and not all(torch.all(s == 1) for s in hidden_scales)
     recipe = recipes.get("w8a8-qat")
-    loaded = pipeline.prepare_model(checkpoint, targets.rewrites_for("executorch", recipe.name))
-    rebuilt = qat.finalize_checkpoint(out, loaded, "executorch", recipe, "app").graph
+    loaded = pipeline.prepare_model(checkpoint, targets.get("executorch").rewrites_for(recipe))
+    rebuilt = qat.finalize_checkpoint(
+        out, loaded, targets.get("executorch"), recipe, contracts.APP
+    ).graph
     crops = torch.from_numpy(_crops()[:2])
     assert torch.equal(rebuilt(crops), run.finalize().graph(crops))
 
@@ -256,7 +277,7 @@ def test_qat_starts_at_the_model_ptq_ships(target, tiny_checkpoints):
 
     recipe = recipes.get("w8a8-qat")
     loaded = pipeline.prepare_model(
-        str(tiny_checkpoints["convnextv2-tiny-1k-224"]), targets.rewrites_for(target, recipe.name)
+        str(tiny_checkpoints["convnextv2-tiny-1k-224"]), targets.get(target).rewrites_for(recipe)
     )
     teacher = with_contract(loaded, "app")
     example = example_input("app", loaded.preprocessing)
@@ -339,7 +360,8 @@ def test_sensitivity_ranks_every_layer_and_keep_float_is_recorded(
     weight = torch.randn(8, 4, 3, 3)
     assert 30 < sqnr_db(weight, fake_quantize_weight(weight)) < 60  # int8 ~ 6 dB/bit
     loaded = pipeline.prepare_model(
-        str(tiny_checkpoints["convnext-tiny-224"]), targets.rewrites_for("executorch", "w8a8")
+        str(tiny_checkpoints["convnext-tiny-224"]),
+        targets.get("executorch").rewrites_for(recipes.get("w8a8")),
     )
     inputs = torch.randn(2, 3, 224, 224)
     layers = recipes.get("w8a8").layers
@@ -356,20 +378,23 @@ def test_sensitivity_ranks_every_layer_and_keep_float_is_recorded(
         progress=False,
         calibration=pipeline.Calibration(calib_dir, 4, keep_float=2),
     )
-    details = json.loads(manifest.manifest_path(artifact).read_text())["details"]["quantization"]
+    details = json.loads(manifest.manifest_path(artifact).read_text())["quantization"]
     assert len(details["float_layers"]) == 2 and len(details["sensitivity"]) == len(ranking)
     assert details["float_layers"] == [r["name"] for r in details["sensitivity"][:2]]
     assert np.isfinite(open_runner(str(artifact))(_crops()[:1])).all()
 
 
 def test_a_program_executorch_cannot_run_is_refused_and_nothing_is_written(
-    tiny_checkpoints, calib_dir, tmp_path
+    tiny_checkpoints, calib_dir, tmp_path, monkeypatch
 ):
     # int8 linears on the portable graph's permuted 4-D tensors lower, but XNNPACK rejects them
-    # when it runs: export runs the program once before writing.
+    # when it runs: export runs the program once before writing. (Unbalanced: SmoothQuant
+    # refuses the portable graph before that.)
     _require("executorch")
+    unbalanced = dataclasses.replace(recipes.get("w8a8"), smoothquant_alpha=None)
+    monkeypatch.setitem(recipes.RECIPES, "w8a8", unbalanced)
     out = tmp_path / "out"
-    with pytest.raises(UnsupportedError, match="ExecuTorch cannot run the lowered"):
+    with pytest.raises(ArtifactError, match="ExecuTorch cannot run the lowered"):
         pipeline.build(
             str(tiny_checkpoints["convnext-tiny-224"]),
             "executorch",

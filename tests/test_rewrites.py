@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import SEED_NAMES
 
-from edge_convnext import rewrites
+from edge_convnext import rewrites, targets
 from edge_convnext.errors import UnsupportedError
 from edge_convnext.testing import nontrivial_model
 
@@ -27,7 +27,7 @@ def test_rewrites_swap_the_intended_modules_and_leave_the_input_alone():
     loaded = nontrivial_model(
         "convnextv2-tiny-1k-224", depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64]
     )
-    rewritten = rewrites.apply(loaded.module)
+    rewritten = rewrites.apply(loaded.module, targets.PORTABLE_REWRITES)
     kinds = lambda m: {type(x).__name__ for x in m.modules()}  # noqa: E731
     assert "ConvNextV2GRN" in kinds(loaded.module) and "SumSquaresGRN" not in kinds(loaded.module)
     assert "ConvNextV2GRN" not in kinds(rewritten) and "SumSquaresGRN" in kinds(rewritten)

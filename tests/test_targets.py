@@ -1,7 +1,9 @@
 """Flows (target x recipe x input contract), each artifact run in its own runtime vs PyTorch.
 
-Flows are data read from ``targets.SUPPORT`` and ``manifest.CONTRACTS``; a flow whose toolchain
-is not installed is skipped with the reason, never silently.
+Flows are data read from the target registry (``targets.support()``) and
+``contracts.CONTRACTS``; a flow whose toolchain is not installed is skipped with the reason,
+never silently. A target registered later (tests/test_fake_target.py) gets the same flows from
+:func:`flows` and the same check from :func:`check_flow`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ import numpy as np
 import pytest
 from conftest import SEED_NAMES, real_images, textured_image
 
-from edge_convnext import cli, manifest, pipeline, targets
+from edge_convnext import cli, contracts, manifest, pipeline, targets
 from edge_convnext.preprocess import Preprocessing, load_crop, resize_and_crop
 from edge_convnext.runners import open_runner
 
-TOOLCHAINS = {"executorch": "executorch", "tflite": "litert_torch", "coreml": "coremltools"}
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999}
 
 
@@ -35,18 +36,24 @@ class Flow:
         return f"{self.target}-{self.recipe}-{self.contract}"
 
 
-FLOWS = [
-    Flow(target, recipe, contract)
-    for target, recipes in targets.SUPPORT.items()
-    for recipe in recipes
-    if recipe in MIN_COSINE
-    for contract in manifest.CONTRACTS
-]
+def flows() -> list[Flow]:
+    """Every registered target x its float recipes x every input contract."""
+    return [
+        Flow(target, recipe, contract)
+        for target, recipes in targets.support().items()
+        for recipe in recipes
+        if recipe in MIN_COSINE
+        for contract in contracts.CONTRACTS
+    ]
+
+
+FLOWS = flows()
 
 
 def _require_toolchain(target: str) -> None:
-    if importlib.util.find_spec(TOOLCHAINS[target]) is None:
-        pytest.skip(f"{TOOLCHAINS[target]} not installed: pip install -e '.[{target}]'")
+    toolchain = targets.get(target).toolchain
+    if importlib.util.find_spec(toolchain) is None:
+        pytest.skip(f"{toolchain} not installed: pip install -e '.[{target}]'")
 
 
 def _crops() -> np.ndarray:
@@ -60,7 +67,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def _check_flow(flow: Flow, checkpoint, out_dir) -> None:
+def check_flow(flow: Flow, checkpoint, out_dir) -> None:
     _require_toolchain(flow.target)
     artifact = pipeline.build(
         str(checkpoint), flow.target, flow.recipe, out_dir, contract=flow.contract
@@ -77,14 +84,16 @@ def _check_flow(flow: Flow, checkpoint, out_dir) -> None:
 @pytest.mark.parametrize("seed_name", SEED_NAMES)
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.id)
 def test_flow_tiny_model(flow, seed_name, tiny_checkpoints, tmp_path):
-    _check_flow(flow, tiny_checkpoints[seed_name], tmp_path)
+    check_flow(flow, tiny_checkpoints[seed_name], tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed_name", SEED_NAMES)
-@pytest.mark.parametrize("flow", [f for f in FLOWS if f.contract == "app"], ids=lambda f: f.id)
+@pytest.mark.parametrize(
+    "flow", [f for f in FLOWS if f.contract == contracts.APP.name], ids=lambda f: f.id
+)
 def test_flow_full_size_model(flow, seed_name, full_checkpoints, tmp_path):
-    _check_flow(flow, full_checkpoints[seed_name], tmp_path)
+    check_flow(flow, full_checkpoints[seed_name], tmp_path)
 
 
 def test_manifest_is_complete(tiny_checkpoints, tmp_path):
@@ -123,7 +132,7 @@ def test_unsupported_combination_is_refused_before_loading(capsys, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("target", sorted(targets.SUPPORT))
+@pytest.mark.parametrize("target", targets.names())
 def test_cli_export_then_predict_matches_the_checkpoint(target, capsys, tiny_checkpoints, tmp_path):
     _require_toolchain(target)
     checkpoint = str(tiny_checkpoints["convnextv2-tiny-1k-224"])

@@ -18,7 +18,11 @@ pytest.importorskip("torch")
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.tools import flatbuffer_utils  # noqa: E402
 
-from edge_convnext import manifest, pipeline  # noqa: E402
+from edge_convnext import (  # noqa: E402
+    contracts,  # noqa: E402
+    manifest,
+    pipeline,
+)
 from edge_convnext.errors import EdgeConvnextError  # noqa: E402
 from edge_convnext.preprocess import Preprocessing, load_crop, resize_and_crop  # noqa: E402
 from edge_convnext.quantize import recipes  # noqa: E402
@@ -105,9 +109,11 @@ def test_every_op_is_integer_from_input_to_output(built, seed_name, contract):
     assert "CAST" not in names and "DEQUANTIZE" not in names
     data = manifest.read(path)
     assert data.details["float_ops_between_io"] == {}
-    io = data.details["quantization"]["io"]
+    io = data.quantization.facts["io"]
     assert (io["input"]["dtype"], io["output"]["dtype"]) == IO_TYPES[contract]
-    if contract == "app":  # uint8 pixels in as they are: scale 1, zero point 0
+    if contracts.get(
+        contract
+    ).normalized_in_graph:  # uint8 pixels in as they are: scale 1, zero point 0
         assert (io["input"]["scale"], io["input"]["zero_point"]) == (1.0, 0)
 
 
@@ -125,9 +131,9 @@ def test_runner_is_close_to_float_and_records_calibration(
     assert cosine.min() >= MIN_COSINE, cosine
     keys = calibration_keys(runner)
     assert len(keys) == 4 and set(keys) <= {p.name for p in calib_dir.iterdir()}
-    quantization = runner.manifest.details["quantization"]
-    assert quantization["quantizer"] == "ai-edge-quantizer"
-    assert quantization["calibration"]["n"] == 4
+    quantization = runner.manifest.quantization
+    assert quantization.facts["quantizer"] == "ai-edge-quantizer"
+    assert len(quantization.calibration.keys) == 4
 
 
 def test_keep_float_is_refused_before_loading(calib_dir, tmp_path):
@@ -178,7 +184,9 @@ def test_ai_edge_quantizer_bars_follow_progress(capfd):
     samples = [s.astype(np.float32) for s in samples]
     capfd.readouterr()
     for progress in (True, False):
-        tflite_integer.quantize(flatbuffer, samples, "float-nchw", threads=1, progress=progress)
+        tflite_integer.quantize(
+            flatbuffer, samples, contracts.FLOAT_NCHW, threads=1, progress=progress
+        )
         err = capfd.readouterr().err
         assert ("Running Calibration" in err) is progress, err[-500:]
         assert ("Applying Transformations" in err) is progress, err[-500:]

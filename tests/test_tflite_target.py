@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,12 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from edge_convnext.errors import EdgeConvnextError, UnsupportedError  # noqa: E402
+from edge_convnext import contracts  # noqa: E402
+from edge_convnext.errors import (  # noqa: E402
+    ArtifactError,
+    EdgeConvnextError,
+    UnsupportedError,
+)
 from edge_convnext.preprocess import load_crop, normalize  # noqa: E402
 from edge_convnext.quantize import recipes  # noqa: E402
 from edge_convnext.targets import tflite  # noqa: E402
@@ -83,8 +89,16 @@ def test_export_writes_artifact_and_sidecar(exported, seed, contract):
     assert details["converter"] == "litert_torch.convert"
     assert details["ops"]["CONV_2D"] >= 4
     assert details["delegation"]["delegated_ops"] > 0
-    assert details["tflite_metadata"]["task_library_image_classifier"] == (contract == "app")
-    assert details["slimmed"]["merged_duplicate_buffers"] >= 0
+    assert (
+        details["tflite_metadata"]["task_library_image_classifier"]
+        == contracts.get(contract).normalized_in_graph
+    )
+    # The converter writes some constants twice (a 4-byte zero; V2 also its GRN epsilon): slim()
+    # merged them, so each merge left one more tensor sharing a buffer, and no two buffers match.
+    model = path.read_bytes()
+    assert details["slimmed"]["merged_duplicate_buffers"] == _shared_buffer_uses(model) > 0
+    contents = _buffer_contents(model)
+    assert len(set(contents)) == len(contents)
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
 
 
@@ -102,7 +116,9 @@ def test_embedded_metadata_is_readable(exported, models, seed, contract):
     assert tensor["default_size"] == [224, 224]
     (output,) = info["outputs"]
     assert output["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
-    if contract == "app":  # normalization is in the graph: Task Library must not normalize again
+    if contracts.get(
+        contract
+    ).normalized_in_graph:  # normalization is in the graph: Task Library must not normalize again
         assert info["normalization"] == {"mean": [0.0], "std": [1.0]}
         assert tensor["stats"] == {"max": [255.0], "min": [0.0]}
     else:
@@ -137,7 +153,7 @@ def test_runner_matches_torch(exported, models, crops, seed, contract, monkeypat
     cosine /= np.linalg.norm(reference, axis=1)
     assert cosine.min() >= 0.9999, cosine
     np.testing.assert_array_equal(logits.argmax(1), reference.argmax(1))
-    assert runner.target == "tflite" and runner.contract == contract
+    assert runner.target == "tflite" and runner.contract.name == contract
     assert runner.labels == model.labels
 
 
@@ -147,7 +163,7 @@ def test_describe(exported, contract):
     assert info["op_count"] == sum(info["ops"].values())
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(info["ops"])
     (tensor,) = info["inputs"]
-    if contract == "app":
+    if contracts.get(contract).normalized_in_graph:
         assert (tensor["dtype"], tensor["shape"]) == ("uint8", [1, 224, 224, 3])
     else:
         assert (tensor["dtype"], tensor["shape"]) == ("float32", [1, 3, 224, 224])
@@ -166,7 +182,7 @@ def test_failed_export_leaves_nothing(models, tmp_path):
             raise RuntimeError("cannot trace this")
 
     out = tmp_path / "out"
-    with pytest.raises(UnsupportedError, match="litert-torch could not convert"):
+    with pytest.raises(ArtifactError, match="litert-torch could not convert"):
         tflite.export(models[SEEDS[0]], recipes.get("fp32"), out, "app", module=Broken())
     assert not out.exists() or not list(out.iterdir())
 
@@ -197,6 +213,28 @@ def _vector_start(table, slot: int) -> int | None:
     """Where the vector in field ``slot`` of a generated flatbuffer table starts, None if unset."""
     offset = table._tab.Offset(4 + 2 * slot)
     return table._tab.Vector(offset) if offset else None
+
+
+def _buffer_contents(model: bytes) -> list[bytes]:
+    """The bytes of every non-empty buffer of a ``.tflite``, in order."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    root = schema.Model.GetRootAs(model, 0)
+    buffers = (root.Buffers(i) for i in range(root.BuffersLength()))
+    return [b.DataAsNumpy().tobytes() for b in buffers if b.DataLength() > 0]
+
+
+def _shared_buffer_uses(model: bytes) -> int:
+    """Tensors that point at a non-empty buffer an earlier tensor already points at."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    root = schema.Model.GetRootAs(model, 0)
+    uses = Counter(
+        graph.Tensors(i).Buffer()
+        for graph in (root.Subgraphs(g) for g in range(root.SubgraphsLength()))
+        for i in range(graph.TensorsLength())
+    )
+    return sum(n - 1 for index, n in uses.items() if root.Buffers(index).DataLength() > 0)
 
 
 def _copies(model: bytes, data: bytes) -> int:
@@ -408,7 +446,7 @@ def test_outputs_are_dequantized():
 
 
 def test_per_channel_io_quantization_is_refused():
-    with pytest.raises(UnsupportedError, match="per channel"):
+    with pytest.raises(ArtifactError, match="per channel"):
         tflite.to_tensor(np.zeros(3, np.float32), _detail(np.int8, [0.1, 0.2], [0, 0]))
 
 
