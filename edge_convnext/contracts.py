@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UnsupportedError, choices
+from .errors import lookup
 from .preprocess import Preprocessing, normalize
 
 
@@ -84,6 +84,4 @@ def get(contract: str | InputContract) -> InputContract:
     """
     if isinstance(contract, InputContract):
         return contract
-    if contract not in CONTRACTS:
-        raise UnsupportedError(f"unknown input contract {contract!r}; valid: {choices(CONTRACTS)}")
-    return CONTRACTS[contract]
+    return lookup(CONTRACTS, contract, "input contract")

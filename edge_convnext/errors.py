@@ -77,6 +77,14 @@ class ArtifactError(EdgeConvnextError):
     runtime that fails or is not installed (exit 1)."""
 
 
+def lookup(table: dict, name: str, what: str):
+    """``table[name]``, or UnsupportedError naming the valid keys: ``unknown <what> 'x'; valid
+    <what>s: 'a', 'b'``."""
+    if name not in table:
+        raise UnsupportedError(f"unknown {what} {name!r}; valid {what}s: {choices(table)}")
+    return table[name]
+
+
 def choices(values) -> str:
     """Format valid choices for an error message: ``'a', 'b', 'c'``."""
     return ", ".join(repr(v) for v in values)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from edge_convnext.errors import UnsupportedError, choices
+from edge_convnext.errors import choices, lookup
 
 METHODS = ("none", "ptq", "qat")
 WEIGHT_TYPES = ("fp32", "fp16", "int8", "int4", "palette4", "palette6")
@@ -168,9 +168,7 @@ def get(name: str) -> Recipe:
     Raises:
         UnsupportedError: no such recipe; the message lists the valid names.
     """
-    if name not in RECIPES:
-        raise UnsupportedError(f"unknown recipe {name!r}; valid recipes: {choices(RECIPES)}")
-    return RECIPES[name]
+    return lookup(RECIPES, name, "recipe")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_convnext import manifest
-from edge_convnext.errors import UnsupportedError, choices
+from edge_convnext.errors import UnsupportedError, choices, lookup
 
 from . import coreml, executorch, tflite
 from .base import GRAPH, IMAGES, PORTABLE_REWRITES, XNNPACK_REWRITES, Quantization, Target
@@ -62,9 +62,7 @@ def get(name: str) -> Target:
     Raises:
         UnsupportedError: no such target; the message lists the valid ones.
     """
-    if name not in _REGISTRY:
-        raise UnsupportedError(f"unknown target {name!r}; valid targets: {choices(_REGISTRY)}")
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, name, "target")
 
 
 def support() -> dict[str, tuple[str, ...]]:

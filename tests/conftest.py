@@ -29,6 +29,17 @@ def textured_image(seed: int, size=(320, 240)) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def require_toolchain(target: str) -> None:
+    """Skip, saying what to install, when ``target``'s export toolchain is missing."""
+    import importlib.util
+
+    from edge_convnext import targets
+
+    toolchain = targets.get(target).toolchain
+    if importlib.util.find_spec(toolchain) is None:
+        pytest.skip(f"{toolchain} not installed: pip install -e '.[{target}]'")
+
+
 def real_images() -> list[Path]:
     """The committed CC0 photos: every test on 'real photos' uses these."""
     return list(PHOTOS)
@@ -122,6 +133,15 @@ def full_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Full-size ConvNeXt-T of both seeds (28M params each), saved as safetensors."""
     root = tmp_path_factory.mktemp("full_checkpoints")
     return {name: save_checkpoint(root / name, name) for name in SEED_NAMES}
+
+
+@pytest.fixture(scope="session")
+def calib_dir(tmp_path_factory) -> Path:
+    """Six generated photo-like images to calibrate on (never the scored photos)."""
+    root = tmp_path_factory.mktemp("calib")
+    for seed in range(6):
+        textured_image(100 + seed).save(root / f"calib_{seed}.jpg")
+    return root
 
 
 @pytest.fixture(scope="module")

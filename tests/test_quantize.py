@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 
 import numpy as np
 import pytest
-from conftest import real_images, textured_image
+from conftest import real_images, require_toolchain, textured_image
 
 from edge_convnext import cli, contracts, manifest, pipeline, targets
 from edge_convnext.errors import ArtifactError, EdgeConvnextError, UnsupportedError
@@ -16,26 +15,12 @@ from edge_convnext.preprocess import Preprocessing, load_crop, resize_and_crop
 from edge_convnext.quantize import recipes
 from edge_convnext.runners import calibration_keys, open_runner
 
-TOOLCHAINS = {"executorch": "executorch", "tflite": "litert_torch", "coreml": "coremltools"}
 PTQ_FLOWS = [
     (t, r)
     for t, rs in targets.support().items()
     for r in rs
     if recipes.RECIPES[r].needs_calibration
 ]
-
-
-def _require(target):
-    if importlib.util.find_spec(TOOLCHAINS[target]) is None:
-        pytest.skip(f"{TOOLCHAINS[target]} not installed: pip install -e '.[{target}]'")
-
-
-@pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("calib")
-    for seed in range(6):
-        textured_image(100 + seed).save(root / f"calib_{seed}.jpg")
-    return root
 
 
 def _crops():
@@ -61,7 +46,7 @@ def test_recipes_are_validated_data():
 def test_ptq_artifact_runs_close_to_float_and_records_calibration(
     target, recipe, tiny_checkpoints, calib_dir, tmp_path
 ):
-    _require(target)
+    require_toolchain(target)
     checkpoint = str(tiny_checkpoints["convnext-tiny-224"])
     artifact = pipeline.build(
         checkpoint,
@@ -86,7 +71,7 @@ def test_ptq_artifact_runs_close_to_float_and_records_calibration(
 
 @pytest.mark.parametrize("target", ["executorch", "tflite", "coreml"])
 def test_w8a8_quantizes_exactly_the_recipe_layers(target, tiny_checkpoints, calib_dir):
-    _require(target)
+    require_toolchain(target)
     from edge_convnext.quantize.ptq import _innermost_module_path
 
     loaded = pipeline.prepare_model(
@@ -158,7 +143,7 @@ def test_qat_recipe_without_checkpoint_is_refused(capsys, tmp_path):
 def test_qat_interrupted_and_resumed_ends_where_an_uninterrupted_run_ends(
     target, tiny_checkpoints, calib_dir, tmp_path, capsys, monkeypatch
 ):
-    _require(target)
+    require_toolchain(target)
     import torch
 
     from edge_convnext.quantize import qat
@@ -233,7 +218,7 @@ def test_qat_starts_balanced_and_export_rebuilds_the_trained_graph(
     tiny_checkpoints, calib_dir, tmp_path
 ):
     """V1's balancing adds a multiply after GELU; the checkpoint must rebuild into that graph."""
-    _require("executorch")
+    require_toolchain("executorch")
     import torch
 
     from edge_convnext.quantize import qat
@@ -268,7 +253,7 @@ def test_qat_starts_balanced_and_export_rebuilds_the_trained_graph(
 def test_qat_starts_at_the_model_ptq_ships(target, tiny_checkpoints):
     """Before any step, the QAT student converts to PTQ's graph: the same weights, the same
     calibrated (histogram) activation ranges, not the moving-average min/max ones."""
-    _require(target)
+    require_toolchain(target)
     import torch
 
     from edge_convnext.quantize import qat
@@ -347,7 +332,7 @@ def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise()
 def test_sensitivity_ranks_every_layer_and_keep_float_is_recorded(
     tiny_checkpoints, calib_dir, tmp_path
 ):
-    _require("executorch")
+    require_toolchain("executorch")
     import torch
 
     from edge_convnext.quantize.sensitivity import (
@@ -390,7 +375,7 @@ def test_a_program_executorch_cannot_run_is_refused_and_nothing_is_written(
     # int8 linears on the portable graph's permuted 4-D tensors lower, but XNNPACK rejects them
     # when it runs: export runs the program once before writing. (Unbalanced: SmoothQuant
     # refuses the portable graph before that.)
-    _require("executorch")
+    require_toolchain("executorch")
     unbalanced = dataclasses.replace(recipes.get("w8a8"), smoothquant_alpha=None)
     monkeypatch.setitem(recipes.RECIPES, "w8a8", unbalanced)
     out = tmp_path / "out"

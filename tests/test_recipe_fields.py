@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 
 import pytest
-from conftest import textured_image
+from conftest import require_toolchain
 
 from edge_convnext import contracts, pipeline, targets
 from edge_convnext.errors import UnsupportedError
@@ -33,20 +32,6 @@ CHANGES = {
 GRAPH_TARGETS = [
     name for name in targets.names() if targets.get(name).calibration(BASE) == targets.GRAPH
 ]
-
-
-@pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("calib")
-    for seed in range(4):
-        textured_image(200 + seed).save(root / f"calib_{seed}.jpg")
-    return root
-
-
-def _require(target: str) -> None:
-    toolchain = targets.get(target).toolchain
-    if importlib.util.find_spec(toolchain) is None:
-        pytest.skip(f"{toolchain} not installed: pip install -e '.[{target}]'")
 
 
 def _parameters(graph: torch.fx.GraphModule) -> list:
@@ -93,14 +78,14 @@ def calibrate(tiny_checkpoints, calib_dir):
 
 @pytest.mark.parametrize("target", GRAPH_TARGETS)
 def test_the_same_recipe_gives_the_same_parameters(target, calibrate):
-    _require(target)
+    require_toolchain(target)
     assert calibrate(target, BASE) == calibrate(target, BASE)
 
 
 @pytest.mark.parametrize("field", sorted(CHANGES))
 @pytest.mark.parametrize("target", GRAPH_TARGETS)
 def test_changing_a_field_changes_the_quantized_parameters(target, field, calibrate):
-    _require(target)
+    require_toolchain(target)
     changed = dataclasses.replace(BASE, **CHANGES[field])
     assert calibrate(target, changed) != calibrate(target, BASE), field
 
@@ -109,7 +94,7 @@ def test_changing_a_field_changes_the_quantized_parameters(target, field, calibr
 @pytest.mark.parametrize("target", GRAPH_TARGETS)
 def test_a_precision_the_quantizer_cannot_build_is_refused(target, field):
     """A ``w8a16`` recipe must never ship w8a8 files whose manifest says int16."""
-    _require(target)
+    require_toolchain(target)
     value = {"weights": "int4", "activations": "int16"}[field]
     recipe = dataclasses.replace(BASE, name=f"w8a8-{field}", **{field: value})
     with pytest.raises(UnsupportedError, match=f"int8 {field} only"):
@@ -120,7 +105,7 @@ def test_int8_full_refuses_an_observer_ai_edge_quantizer_does_not_run(tmp_path):
     from edge_convnext.quantize.calibration import Calibration
     from edge_convnext.testing import nontrivial_model
 
-    _require("tflite")
+    require_toolchain("tflite")
     import numpy as np
 
     recipe = dataclasses.replace(recipes.get("int8-full"), observer="histogram")

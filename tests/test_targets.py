@@ -8,7 +8,6 @@ never silently. A target registered later (tests/test_fake_target.py) gets the s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import SEED_NAMES, real_images, textured_image
+from conftest import SEED_NAMES, real_images, require_toolchain, textured_image
 
 from edge_convnext import cli, contracts, manifest, pipeline, targets
 from edge_convnext.preprocess import Preprocessing, load_crop, resize_and_crop
@@ -50,12 +49,6 @@ def flows() -> list[Flow]:
 FLOWS = flows()
 
 
-def _require_toolchain(target: str) -> None:
-    toolchain = targets.get(target).toolchain
-    if importlib.util.find_spec(toolchain) is None:
-        pytest.skip(f"{toolchain} not installed: pip install -e '.[{target}]'")
-
-
 def _crops() -> np.ndarray:
     recipe = Preprocessing()
     crops = [load_crop(p, recipe) for p in real_images()]
@@ -68,7 +61,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def check_flow(flow: Flow, checkpoint, out_dir) -> None:
-    _require_toolchain(flow.target)
+    require_toolchain(flow.target)
     artifact = pipeline.build(
         str(checkpoint), flow.target, flow.recipe, out_dir, contract=flow.contract
     )
@@ -97,7 +90,7 @@ def test_flow_full_size_model(flow, seed_name, full_checkpoints, tmp_path):
 
 
 def test_manifest_is_complete(tiny_checkpoints, tmp_path):
-    _require_toolchain("tflite")
+    require_toolchain("tflite")
     artifact = pipeline.build(
         str(tiny_checkpoints["convnext-tiny-224"]), "tflite", "fp32", tmp_path
     )
@@ -134,7 +127,7 @@ def test_unsupported_combination_is_refused_before_loading(capsys, tmp_path):
 
 @pytest.mark.parametrize("target", targets.names())
 def test_cli_export_then_predict_matches_the_checkpoint(target, capsys, tiny_checkpoints, tmp_path):
-    _require_toolchain(target)
+    require_toolchain(target)
     checkpoint = str(tiny_checkpoints["convnextv2-tiny-1k-224"])
     assert cli.main(["export", checkpoint, "--target", target, "-o", str(tmp_path)]) == 0
     artifact = capsys.readouterr().out.strip()
@@ -158,7 +151,7 @@ def test_cli_export_then_predict_matches_the_checkpoint(target, capsys, tiny_che
 
 def test_predict_on_tflite_does_not_import_torch(tiny_checkpoints, tmp_path):
     """The Raspberry Pi path: artifact + numpy + Pillow + runtime, no torch."""
-    _require_toolchain("tflite")
+    require_toolchain("tflite")
     artifact = pipeline.build(
         str(tiny_checkpoints["convnext-tiny-224"]), "tflite", "fp32", tmp_path
     )
