@@ -104,11 +104,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown recipe keys {unknown}; expected {sorted(known)}")
-        return cls(**data)
+        return _from_dict(cls, data, "recipe")
 
 
 # The 1x1 convolutions of the blocks (97% of ConvNeXt-T's MACs), the downsampling convolutions
@@ -192,8 +188,13 @@ class QATConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> QATConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown QAT config keys {unknown}; expected {sorted(known)}")
-        return cls(**data)
+        return _from_dict(cls, data, "QAT config")
+
+
+def _from_dict(cls, data: dict, what: str):
+    """``cls(**data)``, refusing keys that are not fields (listing the ones that are)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; expected {sorted(known)}")
+    return cls(**data)
