@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import targets
+from .errors import UsageError
 from .preprocess import normalize
 
 
@@ -46,9 +47,38 @@ def open_runner(ref: str, *, random: bool = False, seed: int = 0, threads: int |
     target = None if random else targets.for_artifact(ref)
     if target is not None:
         return target.load(Path(ref), threads=threads)
+    _require_torch_side(ref)
     from . import models
 
     return TorchRunner(models.load(ref, random=random, seed=seed), threads=threads)
+
+
+# What loading a checkpoint imports; none of it is in the `pi` extra.
+TORCH_SIDE = ("torch", "transformers", "safetensors")
+
+
+def _require_torch_side(ref: str) -> None:
+    """A usage error (exit 2) naming the extra to install when ``ref`` needs torch and it is
+    missing: on a Pi, a MODEL that is not an artifact is most often a typo'd artifact path."""
+    import importlib.util
+
+    missing = [name for name in TORCH_SIDE if _find_spec(importlib.util, name) is None]
+    if not missing:
+        return
+    artifacts = ", ".join(targets.suffixes())
+    exists = "" if Path(ref).exists() else " (and no such file or directory)"
+    raise UsageError(
+        f"{ref}: not an artifact ({artifacts} with its sidecar <artifact>.json){exists}; "
+        f"a checkpoint, Hub id or seed needs {', '.join(missing)}, which this install lacks: "
+        "pip install 'edge-convnext[torch]' (artifacts alone need only 'edge-convnext[pi]')"
+    )
+
+
+def _find_spec(util, name: str):
+    try:
+        return util.find_spec(name)
+    except (ImportError, ValueError):  # a module set to None in sys.modules, a broken install
+        return None
 
 
 def calibration_keys(runner) -> list[str]:

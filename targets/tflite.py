@@ -357,7 +357,11 @@ def classifier_metadata(model: LoadedModel, recipe: Recipe, contract: InputContr
             "the mean/std below (0..255 units). For parity checks: Task Library needs NHWC, "
             "use the 'app' artifact on Android."
         )
-    source = f"{model.source}@{model.revision}" if model.revision else model.source
+    source = (
+        f"{model.public_source}@{model.public_revision}"
+        if model.public_revision
+        else model.public_source
+    )
     return metadata.ClassifierMetadata(
         name=model.name,
         description=(
@@ -366,7 +370,7 @@ def classifier_metadata(model: LoadedModel, recipe: Recipe, contract: InputContr
             f"{contract.description}. Output: logits, no softmax."
         ),
         version=f"{source}; {recipe.name}.{contract.name}",
-        author=f"checkpoint {model.source}; converted by edge-convnext {__version__}",
+        author=f"checkpoint {model.public_source}; converted by edge-convnext {__version__}",
         license=model.license,
         input_name="pixels",
         input_description=described,
@@ -384,45 +388,93 @@ def classifier_metadata(model: LoadedModel, recipe: Recipe, contract: InputContr
 # --- device side --------------------------------------------------------------------------------
 
 
-def _interpreter_class():
-    """ai-edge-litert's Interpreter, else tflite-runtime's (same API)."""
+# Which Python package provides the Interpreter: LiteRT first, then tflite-runtime (the same API;
+# 2.14 needs numpy < 2). EDGE_CONVNEXT_TFLITE_RUNTIME=tflite-runtime (or ai-edge-litert) forces one.
+RUNTIMES = {"ai-edge-litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}
+RUNTIME_ENV = "EDGE_CONVNEXT_TFLITE_RUNTIME"
+
+
+def default_threads() -> int:
+    """The processors this process may run on (all cores on a Pi); LiteRT's own default is 1."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _interpreter_class():
+    """``(Interpreter, "ai-edge-litert 2.3.0")``: LiteRT's, else tflite-runtime's (same API)."""
+    import importlib
+
+    forced = os.environ.get(RUNTIME_ENV, "").strip()
+    if forced and forced not in RUNTIMES:
+        raise UsageError(
+            f"{RUNTIME_ENV}={forced!r}: unknown runtime; valid: {', '.join(map(repr, RUNTIMES))}"
+        )
+    for distribution, package in RUNTIMES.items():
+        if forced and distribution != forced:
+            continue
         try:
-            from tflite_runtime.interpreter import Interpreter
+            module = importlib.import_module(f"{package}.interpreter")
         except ImportError:
-            raise ArtifactError(
-                f"running .tflite artifacts needs the LiteRT runtime; {RUNTIME_HINT}"
-            ) from None
-    return Interpreter
+            continue
+        return module.Interpreter, f"{distribution} {_version(distribution, package)}"
+    wanted = f"{forced} (as {RUNTIME_ENV} asks)" if forced else "the LiteRT runtime"
+    raise ArtifactError(f"running .tflite artifacts needs {wanted}; {RUNTIME_HINT}")
+
+
+def _version(distribution: str, package: str) -> str:
+    from importlib import metadata as distributions
+
+    try:
+        return distributions.version(distribution)
+    except distributions.PackageNotFoundError:
+        import importlib
+
+        return getattr(importlib.import_module(package), "__version__", "unknown version")
 
 
 def _interpreter(num_threads: int | None = 1, **source):
     """An interpreter on ``model_path=`` or ``model_content=``, tensors allocated.
 
+    ``num_threads=None`` means :func:`default_threads` (LiteRT itself would run 1 thread).
+
     Raises:
         ArtifactError: no LiteRT runtime, or the bytes are not a model it can load (exit 1).
     """
-    interpreter_class = _interpreter_class()
+    return _interpreter_and_runtime(num_threads, **source)[0]
+
+
+def _interpreter_and_runtime(num_threads: int | None = 1, **source):
+    interpreter_class, runtime = _interpreter_class()
+    threads = default_threads() if num_threads is None else num_threads
     try:
-        interpreter = interpreter_class(num_threads=num_threads, **source)
+        interpreter = interpreter_class(num_threads=threads, **source)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:  # "The model is not a valid Flatbuffer buffer"
         where = source.get("model_path", "the converted model")
         raise ArtifactError(f"{where}: LiteRT cannot load it ({error})") from None
-    return interpreter
+    return interpreter, runtime
 
 
 class TFLiteRunner(ArtifactRunner):
-    """One ``Interpreter``, built once; each call sets the input, invokes and reads the logits."""
+    """One ``Interpreter``, built once; each call sets the input, invokes and reads the logits.
+
+    Attributes:
+        threads: the interpreter's thread count (``threads=None``: every core this process may
+            use, not LiteRT's default of 1).
+        runtime: which package runs it, e.g. ``"ai-edge-litert 2.3.0"`` or
+            ``"tflite-runtime 2.14.0"``.
+    """
 
     target = NAME
 
     def __init__(self, path: str | Path, threads: int | None = None):
         super().__init__(path)
-        self.threads = threads
-        self.interpreter = _interpreter(model_path=str(self.path), num_threads=threads)
+        self.threads = default_threads() if threads is None else threads
+        self.interpreter, self.runtime = _interpreter_and_runtime(
+            model_path=str(self.path), num_threads=self.threads
+        )
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -446,7 +498,10 @@ class TFLiteRunner(ArtifactRunner):
 
 
 def load(path: Path, threads: int | None = None) -> TFLiteRunner:
-    """A runner for a ``.tflite`` artifact (torch-free; needs its sidecar manifest)."""
+    """A runner for a ``.tflite`` artifact (torch-free; needs its sidecar manifest).
+
+    ``threads=None``: every core this process may use (LiteRT's own default is 1 thread).
+    """
     return TFLiteRunner(path, threads=threads)
 
 
@@ -617,6 +672,7 @@ def describe(path: Path) -> dict:
 class TFLite(Target):
     name = NAME
     suffixes = (SUFFIX,)
+    bundle_dir = "android"  # its folder in a `build` dist/
     recipes = ("fp32", "w8a8", "w8a8-qat", "int8-full")
     rewrites = XNNPACK_REWRITES
     portable_recipes = CALIBRATES_ITSELF

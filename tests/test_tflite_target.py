@@ -132,15 +132,16 @@ def test_embedded_metadata_is_readable(exported, models, seed, contract):
 @pytest.mark.parametrize(("seed", "contract"), FLOWS)
 def test_runner_matches_torch(exported, models, crops, seed, contract, monkeypatch):
     built = []
-    interpreter_class = tflite._interpreter_class()
+    artifact = exported(seed, contract)  # exported before counting: export builds one too
+    interpreter_class, runtime = tflite._interpreter_class()
 
     class Counting(interpreter_class):
         def __init__(self, *args, **kwargs):
             built.append(kwargs)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(tflite, "_interpreter_class", lambda: Counting)
-    runner = tflite.load(exported(seed, contract), threads=2)
+    monkeypatch.setattr(tflite, "_interpreter_class", lambda: (Counting, runtime))
+    runner = tflite.load(artifact, threads=2)
     logits = runner(crops)
     again = runner(crops[0])
     assert len(built) == 1 and built[0]["num_threads"] == 2

@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# End-to-end check of the Raspberry Pi path without a Pi: a Debian bookworm arm64 userland (what
+# 64-bit Raspberry Pi OS is) run under qemu-user, the project's wheel installed with the `pi`
+# extra offline in a venv (no torch), `predict` and `audit --reference` on .tflite files built on
+# this host, and the results compared with the host's.
+#
+#   sudo bash scripts/pi-e2e.sh              # the whole run (root: apt-get, debootstrap, chroot)
+#   bash scripts/pi-e2e.sh --dry-run         # host half only: wheel, aarch64 wheels, artifacts,
+#                                            # host reference runs; no root, no emulation
+#   bash scripts/pi-e2e.sh --check           # syntax + tool check only (what CI runs: seconds)
+#
+# Caches (never in the repo): $EDGE_CONVNEXT_PI_CACHE (default /var/cache/edge-convnext-pi)
+# holds the finished root (debootstrap: 4-7 min cold), the aarch64 wheels and the full-size
+# ConvNeXt-T int8 .tflite (its export takes ~4.5 min on 2 cores; EDGE_CONVNEXT_PI_REBUILD=1
+# rebuilds it). Each run's outputs go to $CACHE/run/.
+# Emulation shows correctness, not speed: qemu's timings say nothing about a Pi's.
+set -euo pipefail
+
+MODE=full
+case "${1:-}" in
+--dry-run) MODE=host ;;
+--check) MODE=check ;;
+"") ;;
+*) echo "usage: $0 [--dry-run | --check]" >&2; exit 2 ;;
+esac
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+CACHE="${EDGE_CONVNEXT_PI_CACHE:-/var/cache/edge-convnext-pi}"
+ROOT="$CACHE/root-bookworm-arm64"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+RUN="$CACHE/run"
+PHOTOS="$REPO/tests/fixtures/photos"
+PY="${PYTHON:-python}"
+PLATFORM=(--platform manylinux_2_36_aarch64 --platform manylinux_2_35_aarch64
+    --platform manylinux_2_34_aarch64 --platform manylinux_2_28_aarch64
+    --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64
+    --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp)
+# The `pi` extra, plus the tflite-runtime alternative (2.14 needs numpy < 2), for a second venv.
+ALT_RUNTIME=(tflite-runtime==2.14.0 "numpy<2")
+
+say() { printf '\n== %s\n' "$*"; }
+stamp() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(stamp)" 'BEGIN { printf "%.1f", b - a }'; }
+
+if [[ $MODE == check ]]; then
+    bash -n "$0"
+    "$PY" -c "import edge_convnext.predict, edge_convnext.cli" # the host half's imports
+    echo "pi-e2e.sh: syntax ok; run 'sudo bash $0' for the emulated aarch64 check"
+    exit 0
+fi
+
+T0=$(stamp)
+mkdir -p "$CACHE" "$RUN"
+rm -rf "${RUN:?}"/*
+
+# --- host half ----------------------------------------------------------------------------------
+say "host: the project's wheel"
+"$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$RUN/wheels" "$REPO"
+WHEEL="$(ls "$RUN"/wheels/edge_convnext-*.whl)"
+echo "$WHEEL"
+
+say "host: aarch64 wheels for the pi extra (pip download, cached)"
+T=$(stamp)
+mkdir -p "$CACHE/wheels-aarch64" "$CACHE/wheels-aarch64-alt"
+"$PY" -m pip download -q --only-binary=:all: "${PLATFORM[@]}" -d "$CACHE/wheels-aarch64" \
+    "$WHEEL[pi]" pip
+"$PY" -m pip download -q --only-binary=:all: "${PLATFORM[@]}" -d "$CACHE/wheels-aarch64-alt" \
+    "${ALT_RUNTIME[@]}" "pillow>=10" || echo "tflite-runtime wheels unavailable: skipping that venv"
+rm -f "$CACHE"/wheels-aarch64/edge_convnext-*.whl
+du -sh "$CACHE/wheels-aarch64"
+echo "download: $(since "$T") s"
+
+say "host: artifacts (tiny ConvNeXt fp32 + w8a8 each run; full-size ConvNeXt-T w8a8 cached)"
+T=$(stamp)
+FULL="$CACHE/full" # the full-size file is cached: its host and emulated runs are compared anew
+[[ ${EDGE_CONVNEXT_PI_REBUILD:-0} == 1 ]] && rm -rf "$FULL"
+# An imagefolder audit set (wnid folders): the two photos + two textured images.
+mkdir -p "$RUN/host/art" "$RUN/host/val"/{n02123159,n03063599,n01440764,n01443537}
+cp "$PHOTOS/chelsea.jpg" "$RUN/host/val/n02123159/"
+cp "$PHOTOS/coffee.jpg" "$RUN/host/val/n03063599/"
+"$PY" - "$RUN/host" "$FULL" <<'PY'
+import sys
+from pathlib import Path
+
+from edge_convnext.testing import nontrivial_model
+
+import numpy as np
+from PIL import Image
+
+host, full = Path(sys.argv[1]), Path(sys.argv[2])
+
+
+def textured(seed: int) -> Image.Image:  # photo-like: gradients and noise, seeded
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:240, 0:320] / 320
+    channels = [
+        np.sin(rng.uniform(1, 8) * x * 6 + rng.uniform(0, 6)) * np.cos(rng.uniform(1, 8) * y * 6)
+        for _ in range(3)
+    ]
+    pixels = np.stack(channels, -1) * 90 + 128 + rng.normal(0, 12, (240, 320, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+# Calibration images are never scored, so they are not the photos predict and audit use.
+for root in (host / "calib", full / "calib"):
+    root.mkdir(parents=True, exist_ok=True)
+    for seed in range(8):
+        textured(100 + seed).save(root / f"calib_{seed}.jpg")
+for seed, wnid in enumerate(("n01440764", "n01443537")):  # two more beside the two photos
+    textured(seed).save(host / "val" / wnid / f"textured_{seed}.jpg")
+tiny = {"depths": [1, 1, 2, 1], "hidden_sizes": [16, 32, 64, 128]}
+nontrivial_model("convnext-tiny-224", 0, **tiny).hf_model.save_pretrained(host / "tiny")
+if not (full / "ckpt").exists():
+    nontrivial_model("convnext-tiny-224", 0).hf_model.save_pretrained(full / "ckpt")
+PY
+export TF_CPP_MIN_LOG_LEVEL=2
+for recipe in fp32 w8a8; do
+    edge-convnext export "$RUN/host/tiny" --target tflite --recipe "$recipe" --calib "$RUN/host/calib" \
+        -o "$RUN/host/art" >/dev/null 2>&1
+done
+if [[ ! -f "$FULL/art/ckpt.w8a8.app.tflite" ]]; then
+    edge-convnext export "$FULL/ckpt" --target tflite --recipe w8a8 --calib "$FULL/calib" \
+        -o "$FULL/art.partial" >/dev/null 2>&1
+    mv "$FULL/art.partial" "$FULL/art"
+fi
+cp "$FULL"/art/ckpt.w8a8.app.tflite* "$RUN/host/art/"
+ls -l "$RUN/host/art"
+echo "artifacts: $(since "$T") s"
+
+say "host: reference runs (predict --json; audit -> manifest.json + predictions.npz)"
+cd "$RUN/host"
+for a in tiny.fp32 tiny.w8a8; do
+    edge-convnext predict "art/$a.app.tflite" val/ --json >"predict.$a.jsonl" 2>/dev/null
+done
+edge-convnext predict art/ckpt.w8a8.app.tflite val/n02123159/chelsea.jpg val/n03063599/coffee.jpg --json \
+    >predict.ckpt.w8a8.jsonl 2>/dev/null
+# fp32 PyTorch logits of the tiny checkpoint + both tiny files, as a reference for the Pi.
+edge-convnext audit tiny art/tiny.fp32.app.tflite art/tiny.w8a8.app.tflite --data val \
+    --out audit-host --no-progress >audit-host.txt 2>&1
+ls audit-host
+cd "$REPO"
+echo "host half: $(since "$T0") s"
+if [[ $MODE == host ]]; then
+    echo "dry run: host half done; outputs in $RUN"
+    exit 0
+fi
+
+# --- emulated aarch64 half ---------------------------------------------------------------------
+[[ $(id -u) == 0 ]] || { echo "the emulated half needs root (chroot, mount)" >&2; exit 2; }
+say "emulation: qemu-user-static, binfmt, debootstrap"
+T=$(stamp)
+if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support debootstrap
+fi
+[[ -e /proc/sys/fs/binfmt_misc/register ]] ||
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64
+if [[ ! -x "$ROOT/usr/bin/python3" ]]; then
+    rm -rf "$ROOT.partial"
+    debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv bookworm \
+        "$ROOT.partial" "$MIRROR"
+    mv "$ROOT.partial" "$ROOT"
+fi
+echo "root ready: $(since "$T") s"
+
+PI="$ROOT/opt/pi"
+rm -rf "$PI" && mkdir -p "$PI"
+cp -r "$CACHE/wheels-aarch64" "$PI/wheels"
+cp -r "$CACHE/wheels-aarch64-alt" "$PI/wheels-alt"
+cp "$WHEEL" "$PI/wheels/"
+cp -r "$RUN/host/art" "$RUN/host/val" "$PI/"
+mkdir -p "$PI/host" && cp "$RUN"/host/audit-host/{manifest.json,predictions.npz} "$PI/host/"
+# A Pi 5's cpuinfo (Cortex-A76): LiteRT/XNNPACK read it; the host's x86 one can crash them.
+cat >"$CACHE/cpuinfo-a76" <<'EOF'
+processor	: 0
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x4
+CPU part	: 0xd0b
+CPU revision	: 1
+
+EOF
+cleanup() {
+    umount "$ROOT/proc/cpuinfo" 2>/dev/null || true
+    umount "$ROOT/proc" 2>/dev/null || true
+    umount "$ROOT/dev" 2>/dev/null || true
+}
+trap cleanup EXIT
+mount -t proc proc "$ROOT/proc"
+mount --bind "$CACHE/cpuinfo-a76" "$ROOT/proc/cpuinfo"
+mount --bind /dev "$ROOT/dev" # /sys stays unmounted
+CHROOT="$(command -v chroot)"
+pi() { # run a command in the arm64 root, with nothing of the host's environment
+    env -i PATH=/opt/pi/venv/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 QEMU_CPU=cortex-a76 \
+        TF_CPP_MIN_LOG_LEVEL=2 "$CHROOT" "$ROOT" /bin/bash -c "cd /opt/pi && $1"
+}
+pi 'uname -m; python3 --version; grep PRETTY /etc/os-release'
+
+say "pi: python3 -m venv + offline pip install edge-convnext[pi]"
+T=$(stamp)
+pi 'python3 -m venv venv && pip install -q --no-index --find-links wheels pip &&
+    pip install -q --no-index --find-links wheels "$(ls wheels/edge_convnext-*.whl)[pi]"'
+INSTALL_S=$(since "$T")
+pi 'pip list --format=freeze' | tee "$RUN/pi-pip-list.txt"
+pi 'du -sh venv | cut -f1' | sed 's/^/venv size: /'
+pi '! python -c "import torch" 2>/dev/null && ! pip show torch transformers coremltools >/dev/null 2>&1' &&
+    echo "no torch, transformers or coremltools: ok"
+echo "install: $INSTALL_S s"
+
+say "pi: start-up (emulated wall time)"
+pi 'for i in 1 2 3; do s=$(date +%s.%N); edge-convnext predict --help >/dev/null;
+      e=$(date +%s.%N); echo "predict --help: $(echo "$e - $s" | python3 -c "print(round(eval(input()),2))") s"; done'
+pi 'for i in 1 2 3; do s=$(date +%s.%N); edge-convnext predict art/tiny.fp32.app.tflite val/n02123159/chelsea.jpg >/dev/null 2>&1;
+      e=$(date +%s.%N); echo "one-photo predict (tiny fp32): $(echo "$e - $s" | python3 -c "print(round(eval(input()),2))") s"; done'
+
+say "pi: predict (JSON lines) on the same files and photos as the host"
+T=$(stamp)
+for a in tiny.fp32 tiny.w8a8; do
+    pi "edge-convnext predict art/$a.app.tflite val/ --json" >"$RUN/pi.predict.$a.jsonl"
+done
+T1=$(stamp) # full-size ConvNeXt-T int8: ~10-17 s per emulated invoke
+pi 'edge-convnext predict art/ckpt.w8a8.app.tflite val/n02123159/chelsea.jpg val/n03063599/coffee.jpg --json' \
+    >"$RUN/pi.predict.ckpt.w8a8.jsonl"
+echo "full-size int8, 2 photos: $(since "$T1") s"
+pi 'edge-convnext predict art/tiny.fp32.app.tflite val/n02123159/chelsea.jpg >/dev/null' 2>&1 | grep runtime
+pi 'ls val/*/*.jpg | edge-convnext predict art/tiny.fp32.app.tflite - --json --top-k 1'
+pi 'edge-convnext predict art/tiny.fp32.app.tflite --bench 5 --warmup 1'
+echo "predict: $(since "$T") s"
+
+say "pi: usage errors without torch (expect exit 2, no traceback)"
+set +e
+pi 'edge-convnext predict art/tiny.fp32.app.tflit val/n02123159/chelsea.jpg'; echo "typo'd suffix: exit $?"
+pi 'edge-convnext predict art/missing.tflite val/n02123159/chelsea.jpg'; echo "missing .tflite: exit $?"
+set -e
+
+say "pi: inspect + on-device audit against the host's references"
+T=$(stamp)
+pi 'edge-convnext inspect art/tiny.w8a8.app.tflite --json >/dev/null && echo inspect ok'
+pi 'edge-convnext audit art/tiny.fp32.app.tflite art/tiny.w8a8.app.tflite --data val \
+    --manifest host/manifest.json --reference host/predictions.npz --out audit-vs-fp32 --no-progress' |
+    tee "$RUN/pi-audit-vs-fp32.txt"
+pi 'edge-convnext audit art/tiny.w8a8.app.tflite --data val --manifest host/manifest.json \
+    --reference "host/predictions.npz#art/tiny.w8a8.app.tflite" --out audit-vs-int8 --no-progress' |
+    tee "$RUN/pi-audit-vs-int8.txt" || echo "audit against the host int8 run failed (see above)"
+cp -r "$PI"/audit-vs-* "$RUN/" 2>/dev/null || true
+echo "audit: $(since "$T") s"
+
+if compgen -G "$PI/wheels-alt/tflite_runtime-*.whl" >/dev/null; then
+    say "pi: the alternative runtime, tflite-runtime 2.14 (numpy < 2), in its own venv"
+    pi 'python3 -m venv venv-alt && venv-alt/bin/pip install -q --no-index --find-links wheels-alt \
+        --find-links wheels tflite-runtime "numpy<2" pillow flatbuffers &&
+        venv-alt/bin/pip install -q --no-index --no-deps wheels/edge_convnext-*.whl &&
+        venv-alt/bin/edge-convnext predict art/tiny.fp32.app.tflite val/ --json' \
+        >"$RUN/pi-alt.predict.tiny.fp32.jsonl" 2>"$RUN/pi-alt.stderr" || true
+    grep runtime "$RUN/pi-alt.stderr" || tail -3 "$RUN/pi-alt.stderr"
+fi
+
+say "compare with the host"
+"$PY" - "$RUN" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+run = Path(sys.argv[1])
+
+
+def rows(path):
+    return {r["image"].split("/")[-1]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+summary = {}
+for name in ("tiny.fp32", "tiny.w8a8", "ckpt.w8a8"):
+    host, pi = rows(run / f"host/predict.{name}.jsonl"), rows(run / f"pi.predict.{name}.jsonl")
+    same_top1 = same_top5 = 0
+    worst = 0.0
+    for image, h in host.items():
+        p = pi[image]
+        hi = [t["index"] for t in h["top_k"]]
+        pii = [t["index"] for t in p["top_k"]]
+        same_top1 += hi[0] == pii[0]
+        same_top5 += hi == pii
+        hs = {t["index"]: t["score"] for t in h["top_k"]}
+        ps = {t["index"]: t["score"] for t in p["top_k"]}
+        worst = max([worst] + [abs(hs[i] - ps[i]) for i in hs if i in ps])
+    summary[name] = {
+        "photos": len(host),
+        "top1_same": same_top1,
+        "top5_order_same": same_top5,
+        "max_abs_score_diff": worst,
+    }
+    print(f"{name}: {summary[name]}")
+alt = run / "pi-alt.predict.tiny.fp32.jsonl"
+if alt.exists() and alt.stat().st_size:
+    host = rows(run / "host/predict.tiny.fp32.jsonl")
+    worst = max(
+        abs(a["score"] - b["score"])
+        for image, r in rows(alt).items()
+        for a, b in zip(r["top_k"], host[image]["top_k"], strict=True)
+    )
+    summary["tiny.fp32 on tflite-runtime"] = {"max_abs_score_diff": worst}
+    print(f"tflite-runtime, tiny.fp32 vs host: max abs score diff {worst:.3g}")
+(run / "summary.json").write_text(json.dumps(summary, indent=2))
+fp32 = summary["tiny.fp32"]
+ok = fp32["top5_order_same"] == fp32["photos"] and fp32["max_abs_score_diff"] <= 1e-6
+print("fp32 top-5 within 1e-6 of the host:", "yes" if ok else "NO")
+sys.exit(0 if ok else 1)
+PY
+echo "run: $(since "$T0") s in all; outputs in $RUN"
