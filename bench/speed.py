@@ -1,7 +1,9 @@
 """Batch-1 CPU speed of every runtime for one seed model, in one process, with top-1 agreement.
 
 Builds each variant (eager fp32 PyTorch; fp32/int8 ExecuTorch .pte with XNNPACK; fp32/int8
-LiteRT .tflite; ONNX Runtime fp32 and static int8 QDQ as the peer), times batch-1 inference with
+LiteRT .tflite; the peers: ONNX Runtime fp32 and static int8 QDQ, OpenVINO fp32 run at f32 and at
+bf16 precision and OpenVINO int8 from NNCF PTQ, default and model_type=TRANSFORMER, on the same
+calibration images), times batch-1 inference with
 ``--threads`` threads (warm-up, then interleaved rounds; median and p90), scores top-1 agreement
 and cosine vs eager fp32 on real images not used for calibration, and writes JSON + Markdown to
 ``bench/results/``.
@@ -219,6 +221,77 @@ def build_ort_int8(ctx: Context) -> Variant:
     return variant
 
 
+def _openvino(ctx: Context, model, precision: str, what: str) -> Variant:
+    """Compile ``model`` (an ``ov.Model``) for the CPU plugin with an explicit precision: the
+    plugin runs bf16 by default on CPUs with AMX/AVX512-BF16, so 'fp32' must say f32."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": ctx.threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    path = ctx.workdir / f"openvino-{what}.xml"
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: batch})[compiled.output(0)])
+
+    return Variant(
+        run,
+        {
+            "runtime": f"openvino {ov.__version__.split('-')[0]} CPU, inference precision "
+            f"{compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name()}",
+            "bytes": size,
+        },
+    )
+
+
+def _openvino_fp32_model(ctx: Context):
+    import openvino as ov
+
+    return ov.convert_model(_onnx_fp32(ctx))
+
+
+def build_openvino_f32(ctx: Context) -> Variant:
+    return _openvino(ctx, _openvino_fp32_model(ctx), "f32", "fp32")
+
+
+def build_openvino_bf16(ctx: Context) -> Variant:
+    return _openvino(ctx, _openvino_fp32_model(ctx), "bf16", "fp32")
+
+
+def _openvino_int8(ctx: Context, model_type: str | None) -> Variant:
+    """NNCF post-training quantization on the same calibration images as every other int8."""
+    import nncf
+
+    dataset = nncf.Dataset(list(ctx.calibration), lambda image: image[None])
+    options = {"model_type": nncf.ModelType.TRANSFORMER} if model_type else {}
+    quantized = nncf.quantize(
+        _openvino_fp32_model(ctx), dataset, subset_size=len(ctx.calibration), **options
+    )
+    name = f"int8-{model_type or 'default'}"
+    variant = _openvino(ctx, quantized, "f32", name)
+    variant.details["quantization"] = (
+        f"nncf {nncf.__version__} quantize, model_type={model_type or 'default'}, "
+        f"{len(ctx.calibration)} images"
+    )
+    return variant
+
+
+def build_openvino_int8(ctx: Context) -> Variant:
+    return _openvino_int8(ctx, None)
+
+
+def build_openvino_int8_transformer(ctx: Context) -> Variant:
+    return _openvino_int8(ctx, "TRANSFORMER")
+
+
 VARIANTS: dict[str, Callable[[Context], Variant]] = {
     "eager-fp32": build_eager,
     "pte-fp32": build_pte_fp32,
@@ -227,7 +300,13 @@ VARIANTS: dict[str, Callable[[Context], Variant]] = {
     "tflite-int8": build_tflite_int8,
     "ort-fp32": build_ort_fp32,
     "ort-int8": build_ort_int8,
+    "openvino-fp32-f32": build_openvino_f32,
+    "openvino-fp32-bf16": build_openvino_bf16,
+    "openvino-int8": build_openvino_int8,
+    "openvino-int8-transformer": build_openvino_int8_transformer,
 }
+# Peers: the strongest non-toolkit CPU runtimes, which each int8 artifact is compared with.
+PEERS = ("ort-int8", "openvino-int8", "openvino-int8-transformer")
 BASELINE = "eager-fp32"
 
 
@@ -438,22 +517,29 @@ def markdown_table(result: dict) -> str:
         f"{result['calibration_images']}); fp32 median top-1 margin "
         f"{result['results'][0]['fp32_median_margin']:.3f} logit.",
         "",
-        "| variant | median ms | p90 ms | vs eager fp32 | size MB | top-1 agree "
-        "| agree, expected | agree, upper-half margin | cosine mean | cosine min "
+        "| variant | median ms | p90 ms | vs eager fp32 | vs best int8 peer | size MB "
+        "| top-1 agree | agree, expected | agree, upper-half margin | cosine mean | cosine min "
         "| partitions / ops |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    peers = [r for r in result["results"] if r["variant"] in PEERS]
+    best = min(peers, key=lambda r: r["median_ms"]) if peers else None
     for row in result["results"]:
+        versus = (
+            f"{best['median_ms'] / row['median_ms']:.2f}x ({best['variant']})"
+            if best and "int8" in row["variant"]
+            else ""
+        )
         lines.append(
             f"| {row['variant']} | {row['median_ms']:.1f} | {row['p90_ms']:.1f} | "
-            f"{row['speedup_vs_eager']:.2f}x | {_megabytes(row['details'])} | "
+            f"{row['speedup_vs_eager']:.2f}x | {versus} | {_megabytes(row['details'])} | "
             f"{100 * row['top1_agreement']:.1f}% | "
             f"{100 * row['top1_agreement_expected']:.1f}% | "
             f"{100 * row['top1_agreement_upper_half_margin']:.1f}% | "
             f"{row['cosine_mean']:.6f} | {row['cosine_min']:.6f} | {_structure(row['details'])} |"
         )
     for name, reason in result.get("failed", {}).items():
-        lines.append(f"| {name} | failed: {reason} ||||||||||")
+        lines.append(f"| {name} | failed: {reason} |||||||||||")
     return "\n".join(lines) + "\n"
 
 

@@ -83,14 +83,19 @@ def quantize(
     calibration: Calibration,
     from_qat: Path | None = None,
     progress: bool = True,
+    shared: dict | None = None,
 ) -> Quantization:
-    """What ``target.export`` needs for ``recipe``: nothing, a quantized graph, or images."""
+    """What ``target.export`` needs for ``recipe``: nothing, a quantized graph, or images.
+
+    ``shared``: a dict kept across calls (``edge-convnext build``) in which decoded calibration
+    images and the target-independent steps of :func:`calibrate` are computed once.
+    """
     need = target.calibration(recipe)
     if need == targets.IMAGES:
-        return Quantization(images=calibration_images(loaded, recipe, calibration))
+        return Quantization(images=calibration_images(loaded, recipe, calibration, shared))
     if need == targets.GRAPH:
         return Quantization(
-            graph=calibrate(loaded, recipe, target, contract, calibration, progress)
+            graph=calibrate(loaded, recipe, target, contract, calibration, progress, shared)
         )
     if recipe.is_qat:
         from .quantize import qat
@@ -115,12 +120,19 @@ def prepare_model(
     return loaded
 
 
-def calibration_images(loaded, recipe: Recipe, calibration: Calibration):
-    """The calibration crops (``--calib DIR``, ``--calib-size`` or the recipe's size)."""
+def calibration_images(loaded, recipe: Recipe, calibration: Calibration, shared=None):
+    """The calibration crops (``--calib DIR``, ``--calib-size`` or the recipe's size), decoded
+    once per ``shared`` dict."""
     from .quantize import calibration as images
 
     size = calibration.size or recipe.calibration_size
-    return images.load(calibration.folder, size, loaded.preprocessing, seed=calibration.seed)
+    key = ("images", calibration.folder, size, calibration.seed, loaded.preprocessing)
+    if shared is not None and key in shared:
+        return shared[key]
+    decoded = images.load(calibration.folder, size, loaded.preprocessing, seed=calibration.seed)
+    if shared is not None:
+        shared[key] = decoded
+    return decoded
 
 
 def calibrate(
@@ -130,12 +142,15 @@ def calibrate(
     contract: InputContract,
     calibration: Calibration,
     progress: bool = True,
+    shared: dict | None = None,
 ):
     """PTQ with the target's quantizer on calibration images; their keys go to the manifest.
 
     In order: SmoothQuant balancing (``recipe.smoothquant_alpha``), the sensitivity ranking
     (``--keep-float``), GPTQ weight rounding (``recipe.weight_rounding``), then calibrated
-    quantization of ``recipe.layers`` minus the float ones.
+    quantization of ``recipe.layers`` minus the float ones. With ``shared``, the steps before
+    the target's quantizer (they depend on the model, contract, recipe and images only) run once
+    for every target that shares them (ExecuTorch and LiteRT).
     """
     from .quantize import balance, gptq
     from .quantize.ptq import contract_batches, ptq
@@ -143,17 +158,23 @@ def calibrate(
 
     # Core ML quantizes the bare float-NCHW model and adds the contract's input around it.
     contract = target.quantized_contract(contract)
-    images = calibration_images(loaded, recipe, calibration)
+    images = calibration_images(loaded, recipe, calibration, shared)
     batches = contract_batches(images.crops, contract, loaded.preprocessing)
-    module = balance.for_recipe(with_contract(loaded, contract), recipe, batches)
-    ranking = []
-    if calibration.keep_float:
-        from .quantize.sensitivity import layer_sensitivity
+    key = ("prepared", id(loaded), loaded.rewrites, contract.name, recipe, calibration)
+    if shared is not None and key in shared:
+        module, ranking, float_layers = shared[key]
+    else:
+        module = balance.for_recipe(with_contract(loaded, contract), recipe, batches)
+        ranking = []
+        if calibration.keep_float:
+            from .quantize.sensitivity import layer_sensitivity
 
-        probe = torch.cat(batches[:SENSITIVITY_IMAGES])
-        ranking = layer_sensitivity(module, probe, layers=recipe.layers, progress=progress)
-    float_layers = [layer.name for layer in ranking[: calibration.keep_float]]
-    module = gptq.for_recipe(module, recipe, batches, float_layers, progress)
+            probe = torch.cat(batches[:SENSITIVITY_IMAGES])
+            ranking = layer_sensitivity(module, probe, layers=recipe.layers, progress=progress)
+        float_layers = [layer.name for layer in ranking[: calibration.keep_float]]
+        module = gptq.for_recipe(module, recipe, batches, float_layers, progress)
+        if shared is not None:
+            shared[key] = (module, ranking, float_layers)
     quantized = ptq(
         module,
         example_input(contract, loaded.preprocessing),

@@ -77,6 +77,7 @@ class Target:
     artifact: ClassVar[str]  # one line for docs: what the file is
     converter: ClassVar[str]  # one line for docs: how it is made
     runtime: ClassVar[str]  # one line for docs: what runs it
+    bundle_dir: ClassVar[str] = ""  # its folder in a `build` dist/ (default: the name)
 
     # --- facts derived from the attributes ---------------------------------------------------
 
