@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,6 +396,7 @@ def run(
     manifest: str | os.PathLike | None = None,
     exclude: Iterable[str | os.PathLike] = (),
     progress: bool = True,
+    allow_outside: bool = False,
 ) -> Path:
     """Audit ``models`` on ImageNet validation images and write the report.
 
@@ -412,16 +414,103 @@ def run(
         manifest: re-run the exact subset of an earlier audit, checking every file's sha256.
         exclude: keys, sources or paths never scored (e.g. calibration images).
         progress: show a progress bar.
+        allow_outside: let a labels CSV list images outside the data root.
 
     Returns:
-        Path of ``report.json``.
+        Path of ``report.json`` (:func:`audit` also says what failed).
     """
-    dataset = select_dataset(data, layout, labels_file, per_class, limit, seed, manifest, exclude)
+    return audit(
+        models,
+        data,
+        layout=layout,
+        labels_file=labels_file,
+        per_class=per_class,
+        limit=limit,
+        seed=seed,
+        reference=reference,
+        out=out,
+        manifest=manifest,
+        exclude=exclude,
+        progress=progress,
+        allow_outside=allow_outside,
+    ).report
+
+
+@dataclass
+class AuditRun:
+    """What :func:`audit` did: the report written and what failed in it.
+
+    Attributes:
+        report: path of ``report.json``.
+        result: the scored audit.
+        unreadable: images that could not be read (left out of every denominator).
+        runner_failures: per audited runner name, readable images it failed on (or was not run
+            on after giving up).
+        problems: one line per failure, for the terminal; empty when everything scored.
+    """
+
+    report: Path
+    result: AuditResult
+    unreadable: int
+    runner_failures: dict[str, int]
+    problems: list[str]
+
+    @property
+    def failed(self) -> bool:
+        """Exit status 1: an image was unreadable, a runner failed, or nothing was scored."""
+        return bool(self.problems)
+
+
+def audit(
+    models: Sequence[Runner],
+    data: str | os.PathLike,
+    layout: str | None = None,
+    labels_file: str | os.PathLike | None = None,
+    per_class: int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    reference: Runner | Predictions | str | os.PathLike | None = None,
+    out: str | os.PathLike = Path("audit"),
+    manifest: str | os.PathLike | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
+    progress: bool = True,
+    allow_outside: bool = False,
+) -> AuditRun:
+    """:func:`run`, returning an :class:`AuditRun` that says what failed.
+
+    The report set is one unit: the old ``report.json`` is removed before anything is written
+    and the new one written last, carrying a run id that ``predictions.npz`` carries too, so an
+    interrupted audit never leaves a report beside predictions or a manifest of another run.
+    """
+    dataset = select_dataset(
+        data, layout, labels_file, per_class, limit, seed, manifest, exclude, allow_outside
+    )
     result = run_audit(models, dataset.samples, reference=reference, progress=progress)
+    result.run_id = uuid.uuid4().hex
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)
     result.write_predictions(out / "predictions.npz")
     manifest_sha = dataset.write_manifest(out / "manifest.json", result.hashes)
-    return report.write_report(result, dataset, out, out / "manifest.json", manifest_sha)
+    report_path = report.write_report(result, dataset, out, out / "manifest.json", manifest_sha)
+    return _outcome(report_path, result, [m.name for m in models])
+
+
+def _outcome(report_path: Path, result: AuditResult, names: list[str]) -> AuditRun:
+    readable = len(result.keys)
+    problems = []
+    if result.errors:
+        problems.append(f"{len(result.errors)} of {result.n_images} images could not be read")
+    failures = {}
+    for row in result.artifacts:
+        if row.name not in names:
+            continue  # a reference from an earlier audit's predictions
+        failures[row.name] = readable - row.metrics.n
+        if row.metrics.n == 0:
+            problems.append(f"{row.name}: scored no image (n = 0) of {readable} readable")
+        elif failures[row.name]:
+            problems.append(f"{row.name}: failed on {failures[row.name]} of {readable} images")
+    return AuditRun(report_path, result, len(result.errors), failures, problems)
 
 
 def select_dataset(
@@ -433,9 +522,12 @@ def select_dataset(
     seed: int = 0,
     manifest: str | os.PathLike | None = None,
     exclude: Iterable[str | os.PathLike] = (),
+    allow_outside: bool = False,
 ) -> Dataset:
     """Load ``data`` and pick the subset: from ``manifest`` or by ``per_class`` / ``limit``."""
-    dataset = load_dataset(data, layout=layout, labels_file=labels_file)
+    dataset = load_dataset(
+        data, layout=layout, labels_file=labels_file, allow_outside=allow_outside
+    )
     if manifest is None:
         return dataset.select(per_class=per_class, limit=limit, seed=seed, exclude=exclude)
     if per_class is not None or limit is not None:

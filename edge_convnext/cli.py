@@ -11,6 +11,7 @@ that does not exist, a Hub id that cannot be resolved, no --calib for a calibrat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,14 +31,17 @@ def _section(text: str) -> str:
     return textwrap.dedent(text).strip("\n")
 
 
-def _number(kind: type = int, low: float = 1, *, strict: bool = False):
-    """An argparse ``type=``: a finite ``kind`` (int or float) ``>= low`` (``> low`` if ``strict``).
+def _number(kind: type = int, low: float = 1, *, strict: bool = False, high: float | None = None):
+    """An argparse ``type=``: a finite ``kind`` (int or float) ``>= low`` (``> low`` if ``strict``)
+    and, given ``high``, ``<= high``.
 
     Anything else is argparse's usage error (exit 2) naming the valid range, e.g.
     ``argument --steps: invalid value '0': expected an integer >= 1``.
     """
     what = "an integer" if kind is int else "a finite number"
     expected = f"{what} {'>' if strict else '>='} {low}"
+    if high is not None:
+        expected += f" and <= {high}"
 
     def parse(text: str):
         try:
@@ -46,9 +50,20 @@ def _number(kind: type = int, low: float = 1, *, strict: bool = False):
             value = None
         if value is None or not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {expected}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {expected}")
         return value
 
     return parse
+
+
+# Runtime threads: more than this is a typo (LiteRT segfaults creating 100000 threads).
+MAX_THREADS = min(256, max(8, 4 * (os.cpu_count() or 1)))
+
+
+def _threads():
+    """``--threads``: an integer in 1..:data:`MAX_THREADS` (4 per core, at least 8, at most 256)."""
+    return _number(int, 1, high=MAX_THREADS)
 
 
 MAIN_DESCRIPTION = _section(
@@ -101,67 +116,181 @@ def _add_predict(commands) -> None:
         formatter_class=_formatter,
         description=_section(
             """
-            Classify image files (or every image under a directory, recursively) and print the
-            top-k classes with softmax probabilities.
+            Classify image files and print the top-k classes with softmax probabilities.
+            IMAGE is a file, a directory (every image under it, recursively), a glob pattern
+            ('photos/*.jpg', '**' recursive; quote it), or - to read paths from standard input,
+            one per line (find photos -name '*.jpg' | edge-convnext predict MODEL -).
 
             MODEL is a Hub id, a checkpoint directory, a seed name with --random-init, or an
-            artifact file (.pte, .tflite, .mlpackage) made by `edge-convnext export`. Artifacts
-            run in their own runtime without torch. Images are decoded with Pillow (any mode:
-            grayscale, CMYK, palette, 16-bit, alpha composited on white) and preprocessed exactly
-            as transformers' ConvNextImageProcessor does.
+            artifact file (.pte, .tflite, .mlpackage) made by `edge-convnext export`, with its
+            sidecar <artifact>.json beside it (copy both). Artifacts run in their own runtime
+            without torch (on a Raspberry Pi: pip install 'edge-convnext[pi]'). Images are decoded
+            with Pillow (any mode: grayscale, CMYK, palette, 16-bit, alpha composited on white)
+            and preprocessed exactly as transformers' ConvNextImageProcessor does.
+
+            --watch DIR classifies each image that appears in DIR from then on, once it is
+            complete: a file is read only after its size and mtime have stayed put for --settle
+            seconds, and hidden or temporary names (.x, *.tmp, *.part) are skipped, so writers
+            that write a temporary name and rename it into place are always safe.
+
+            --bench N times N runs on the first image (or seeded noise if none is given) after
+            --warmup runs, and prints p50/p90 latency, load and first-call time, peak RSS and
+            the runtime and thread count used.
             """
         ),
         epilog=_section(
             """
             output:
-              --json prints one object per image and line:
+              --json prints one object per image and line (JSON lines):
                 {"image": PATH, "top_k": [{"index": I, "label": L, "score": P}, ...]}
-              or, for an image that cannot be read, {"image": PATH, "error": REASON}.
-              PATH is as given on the command line, or as found under a given directory.
+              or, for an image that cannot be read, {"image": PATH, "error": REASON};
+              --bench --json prints {"bench": {...}}.
+              PATH is as given, as read from standard input, or as found under a directory.
+              stderr says which runtime and how many threads run an artifact.
 
             exit status: 0 all images classified, 1 some failed (each on its line, or the
-            model or artifact failed to load or run), 2 usage error (see edge-convnext --help).
+            model or artifact failed to load or run), 2 usage error (see edge-convnext --help;
+            a MODEL that is not an artifact when torch is not installed is one).
 
             examples:
               edge-convnext predict --random-init convnext-tiny-224 cat.jpg
               edge-convnext predict ./my-checkpoint photos/ --top-k 3 --json
-              edge-convnext predict convnext-tiny-224.fp32.app.tflite cat.jpg --threads 4
+              edge-convnext predict convnext-tiny-224.fp32.app.tflite 'photos/*.jpg' --threads 4
+              ls shots/*.png | edge-convnext predict model.tflite - --json
+              edge-convnext predict model.tflite --watch incoming/ --json
+              edge-convnext predict model.tflite cat.jpg --bench 50
             """
         ),
     )
     parser.add_argument("model", metavar="MODEL", help="Hub id, checkpoint dir, seed, or artifact")
-    parser.add_argument("images", metavar="IMAGE_OR_DIR", nargs="+", help="image files or dirs")
+    parser.add_argument(
+        "images",
+        metavar="IMAGE_OR_DIR",
+        nargs="*",
+        help="image files, dirs, globs, or - (paths on stdin)",
+    )
     parser.add_argument(
         "--top-k", type=_number(int, 1), default=5, metavar="K", help="classes per image (5)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument(
-        "--threads", type=_number(int, 1), default=None, help="runtime threads (default: all)"
+        "--threads",
+        type=_threads(),
+        default=None,
+        help="runtime threads (default: all cores this process may use)",
+    )
+    watching = parser.add_argument_group("watching a folder")
+    watching.add_argument("--watch", metavar="DIR", help="classify images as they appear in DIR")
+    watching.add_argument(
+        "--settle",
+        type=_number(float, 0),
+        default=0.5,
+        metavar="S",
+        help="seconds a new file must stay unchanged before it is read (0.5)",
+    )
+    watching.add_argument(
+        "--watch-timeout",
+        type=_number(float, 0, strict=True),
+        metavar="S",
+        help="stop watching after S seconds (default: until Ctrl-C)",
+    )
+    watching.add_argument(
+        "--max-files", type=_number(int, 1), metavar="N", help="stop after N new files"
+    )
+    timing = parser.add_argument_group("benchmark")
+    timing.add_argument("--bench", type=_number(int, 1), metavar="N", help="time N runs")
+    timing.add_argument(
+        "--warmup", type=_number(int, 1), default=3, metavar="W", help="untimed runs first (3)"
     )
     _add_model_source(parser)
     parser.set_defaults(run=_run_predict)
 
 
+def _check_predict_args(args) -> None:
+    if args.watch is None and args.bench is None and not args.images:
+        raise UsageError("predict: give at least one IMAGE_OR_DIR (file, dir, glob, -) or --watch")
+    if args.watch is not None and args.bench is not None:
+        raise UsageError("predict: --watch and --bench do not go together")
+    if args.watch is None and (args.watch_timeout is not None or args.max_files is not None):
+        raise UsageError("predict: --watch-timeout and --max-files go with --watch DIR")
+    if args.watch is not None and not os.path.isdir(args.watch):
+        raise NotFoundError(f"--watch {args.watch}: no such directory")
+    if args.bench is not None and len(args.images) > 1:
+        raise UsageError("predict --bench times one image; give one IMAGE (or none: noise)")
+    if args.bench is not None and args.images and not os.path.isfile(args.images[0]):
+        raise NotFoundError(f"--bench {args.images[0]}: no such image file")
+
+
+def _print_prediction(prediction, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(prediction.to_json()), flush=True)
+    elif prediction.error is not None:
+        print(f"{prediction.image}: error: {prediction.error}", flush=True)
+    else:
+        print(prediction.image)
+        for index, label, score in prediction.top_k:
+            print(f"  {score:7.4f}  {label} ({index})")
+        sys.stdout.flush()
+
+
 def _run_predict(args) -> int:
-    from .predict import classify
+    import time
+
+    from . import predict
     from .runners import open_runner
 
+    _check_predict_args(args)
+    start = time.perf_counter()
     runner = open_runner(args.model, random=args.random_init, seed=args.seed, threads=args.threads)
+    load_ms = (time.perf_counter() - start) * 1e3
     if runner.note:
         print(f"note: {runner.note}", file=sys.stderr)
+    if args.top_k > len(runner.labels):
+        print(
+            f"note: --top-k {args.top_k}: the model has {len(runner.labels)} classes; "
+            f"showing {len(runner.labels)}",
+            file=sys.stderr,
+        )
+    if getattr(runner, "runtime", None):
+        print(f"note: runtime {runner.runtime}, {runner.threads} threads", file=sys.stderr)
+    if args.bench is not None:
+        image = args.images[0] if args.images else None
+        result = predict.bench(runner, image, args.bench, args.warmup, load_ms=load_ms)
+        print(json.dumps(result.to_json()) if args.json else result, flush=True)
+        return EXIT_OK
+    if args.watch is not None:
+        print(f"watching {args.watch} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        found = predict.watch(
+            args.watch,
+            settle=args.settle,
+            timeout=args.watch_timeout,
+            max_files=args.max_files,
+        )
+        images = (predict.classify_one(runner, image, args.top_k) for image in found)
+    else:
+        images = predict.classify(runner, args.images, top_k=args.top_k)
     failed = False
-    for prediction in classify(runner, args.images, top_k=args.top_k):
+    for prediction in images:
         failed |= prediction.error is not None
-        if args.json:
-            print(json.dumps(prediction.to_json()), flush=True)
-        elif prediction.error is not None:
-            print(f"{prediction.image}: error: {prediction.error}", flush=True)
-        else:
-            print(prediction.image)
-            for index, label, score in prediction.top_k:
-                print(f"  {score:7.4f}  {label} ({index})")
-            sys.stdout.flush()
+        _print_prediction(prediction, args.json)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _parse_predict(argv: list[str]) -> argparse.Namespace:
+    """``edge-convnext predict ...`` parsed by a parser with only ``predict``, so that it does not
+    import what the other commands' parsers do (numpy, Pillow, the registry) before it must.
+
+    IMAGEs may follow options (``predict M --bench 5 cat.jpg``): argparse leaves an optional
+    positional that comes after an option unparsed, so those are picked up here.
+    """
+    parser = argparse.ArgumentParser(prog="edge-convnext", formatter_class=_formatter)
+    _add_predict(parser.add_subparsers(metavar="COMMAND", required=True))
+    args, extra = parser.parse_known_args(argv)
+    options = [word for word in extra if word.startswith("-") and word != "-"]
+    if options:
+        parser.error(f"unrecognized arguments: {' '.join(options)}")
+    args.images = [*args.images, *extra]
+    return args
 
 
 def _add_export(commands) -> None:
@@ -367,6 +496,7 @@ def _run_qat(args) -> int:
     from .quantize.qat import train
     from .quantize.recipes import QATConfig
 
+    _check_qat_args(args)
     config = QATConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -391,6 +521,46 @@ def _run_qat(args) -> int:
     )
     print(f"{args.out}  (step {run.step_index}, last KL {run.losses[-1]:.4g})")
     return EXIT_OK
+
+
+def _check_qat_args(args) -> None:
+    """Refuse, before any work, a device torch does not have and an --out that is not ours."""
+    from pathlib import Path
+
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device {args.device!r}: not a torch device; expected cpu, cuda, cuda:N or mps"
+        ) from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(device.type, False):
+        raise UsageError(f"--device {args.device!r}: not available on this machine; use cpu")
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and (device.index >= torch.cuda.device_count())
+    ):
+        raise UsageError(
+            f"--device {args.device!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a directory; expected a checkpoint file name")
+    if out.exists() and not args.resume:
+        raise UsageError(
+            f"--out {out} exists: pass --resume to continue that run, or choose another --out"
+        )
+    if out.exists():
+        from .quantize.qat import load_checkpoint
+
+        load_checkpoint(out)  # a file that is not a QAT checkpoint: CheckpointError, now
 
 
 def _add_inspect(commands) -> None:
@@ -425,7 +595,9 @@ def _run_inspect(args) -> int:
         raise UnsupportedError(f"{path}: not an artifact; expected {', '.join(targets.suffixes())}")
     if not path.exists():
         raise NotFoundError(f"{path}: no such artifact")
-    info = {"manifest": asdict(manifest.read(path)), "runtime": target.describe(path)}
+    recorded = manifest.read(path)
+    manifest.verify(path, recorded, sha256=True)
+    info = {"manifest": asdict(recorded), "runtime": target.describe(path)}
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
@@ -473,6 +645,14 @@ def _add_audit(commands) -> None:
               tradeoff.png     accuracy vs size vs latency
               predictions.npz  logits per image: a --reference for audits on other machines
               manifest.json    the exact image list with sha256: re-run it with --manifest
+              report.json is written last and carries a run id that predictions.npz shares:
+              an interrupted audit leaves no report beside another run's files.
+
+            exit status: 0 every image scored by every model; 1 an image was unreadable (FIFOs,
+            files over 256 MB and rows of a labels CSV that do not exist included), a model
+            failed to load or failed on an image, or a model scored nothing (each said on
+            stderr, listed in report.md); 2 usage. A labels CSV listing files outside --data
+            is refused unless --allow-outside-data.
 
             examples:
               edge-convnext audit facebook/convnext-tiny-224 out/*.tflite --data val/ --per-class 5
@@ -504,6 +684,11 @@ def _add_audit(commands) -> None:
         "--labels", metavar="FILE", help="ground-truth file, if not found in --data"
     )
     subset.add_argument(
+        "--allow-outside-data",
+        action="store_true",
+        help="let a labels CSV list images outside --data (refused by default)",
+    )
+    subset.add_argument(
         "--exclude", nargs="*", default=[], metavar="KEY", help="image keys or paths never to score"
     )
     subset.add_argument(
@@ -519,7 +704,7 @@ def _add_audit(commands) -> None:
     )
     parser.add_argument("--out", default="audit", metavar="DIR", help="output dir (./audit)")
     parser.add_argument(
-        "--threads", type=_number(int, 1), default=None, help="runtime threads (default: all)"
+        "--threads", type=_threads(), default=None, help="runtime threads (default: all)"
     )
     parser.add_argument(
         "--random-init",
@@ -536,10 +721,19 @@ def _run_audit(args) -> int:
     from . import audit
     from .runners import calibration_keys, open_runner
 
-    runners = [
-        open_runner(ref, random=args.random_init, seed=args.seed, threads=args.threads)
-        for ref in args.models
-    ]
+    runners, unloadable = [], []
+    for ref in args.models:
+        try:
+            runners.append(
+                open_runner(ref, random=args.random_init, seed=args.seed, threads=args.threads)
+            )
+        except UsageError:
+            raise
+        except EdgeConvnextError as error:  # a broken artifact: the others are still audited
+            unloadable.append(error)
+            print(f"edge-convnext: audit: not audited: {error}", file=sys.stderr)
+    if not runners:
+        raise unloadable[0]
     for runner in runners:
         if runner.note:
             print(f"note: {runner.name}: {runner.note}", file=sys.stderr)
@@ -552,7 +746,7 @@ def _run_audit(args) -> int:
         reference = open_runner(
             reference, random=args.random_init, seed=args.seed, threads=args.threads
         )
-    report = audit.run(
+    outcome = audit.audit(
         runners,
         args.data,
         layout=args.layout,
@@ -565,9 +759,152 @@ def _run_audit(args) -> int:
         manifest=args.manifest,
         exclude=exclude,
         progress=not args.no_progress,
+        allow_outside=args.allow_outside_data,
     )
-    print(report)
-    return EXIT_OK
+    print(outcome.report)
+    for problem in outcome.problems:
+        print(
+            f"edge-convnext: audit: {problem} (listed in {outcome.report.parent / 'report.md'})",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if outcome.failed or unloadable else EXIT_OK
+
+
+def _add_build(commands) -> None:
+    from . import contracts, targets
+    from .build import DEFAULT_RECIPES, SAMPLE_AUDIT_IMAGES, SAMPLE_CALIB_IMAGES
+    from .data import LAYOUTS
+
+    parser = commands.add_parser(
+        "build",
+        help="the whole job: every target's float and int8 files, audited, in a dist/ folder",
+        formatter_class=_formatter,
+        description=_section(
+            """
+            Build every target x recipe asked for (default: fp32, fp16 and w8a8 wherever a
+            target supports them), audit every artifact against the fp32 PyTorch reference on
+            images none was calibrated on, and lay out --out for app bundling:
+
+              OUT/ios/        .mlpackage + sidecar .json + labels.txt   (Xcode)
+              OUT/android/    .tflite    + sidecar .json + labels.txt   (Android Studio)
+              OUT/executorch/ .pte       + sidecar .json + labels.txt   (ExecuTorch app)
+              OUT/report/     report.md (first table: which file to ship), report.json, plots
+              OUT/build.json  every artifact's inputs (checkpoint hash, recipe, calibration
+                              set hash, rewrites, contract, tool versions) and outputs
+
+            The plan is printed first: what it builds, what is up to date, what it refuses and
+            why. A rerun rebuilds only cells whose inputs changed (content hashes); --force
+            rebuilds all. A cell that fails is recorded with its error and the rest still
+            build (exit 1). A killed build leaves only complete files; rerun it to resume.
+            """
+        ),
+        epilog=_section(
+            f"""
+            without --calib / --audit-data: a generated offline sample under OUT/inputs/
+            ({SAMPLE_CALIB_IMAGES} calibration, {SAMPLE_AUDIT_IMAGES} audit images; unlabelled, so
+            the report has agreement and SNR but no top-1).
+
+            --jobs is not offered: on 2 cores each export already uses both through torch's
+            intra-op threads, so exports side by side only contend.
+
+            examples:
+              edge-convnext build --random-init convnext-tiny-224 --out dist/
+              edge-convnext build facebook/convnext-tiny-224 --calib train_subset/ \\
+                  --audit-data imagenet/val --per-class 2 --out dist/
+              edge-convnext build facebook/convnext-tiny-224 --targets tflite --recipes w8a8 \\
+                  --calib train_subset/ --out dist/        # adds one cell to an existing dist/
+            """
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="Hub id, checkpoint dir, or seed")
+    parser.add_argument("--out", default="dist", metavar="DIR", help="output folder (./dist)")
+    parser.add_argument(
+        "--targets",
+        type=_names,
+        metavar="LIST",
+        help=f"comma-separated targets (default: all: {','.join(targets.names())})",
+    )
+    parser.add_argument(
+        "--recipes",
+        type=_names,
+        metavar="LIST",
+        help=f"comma-separated recipes for every target (default: {','.join(DEFAULT_RECIPES)} "
+        "where supported); unsupported cells are listed as refused",
+    )
+    parser.add_argument(
+        "--contract",
+        default=contracts.DEFAULT.name,
+        choices=sorted(contracts.CONTRACTS),
+        help="input contract",
+    )
+    parser.add_argument(
+        "--threads", type=_threads(), default=None, help="torch/runtime threads (all)"
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild every cell and the audit")
+    parser.add_argument("--no-audit", action="store_true", help="build only, no report")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    quant = parser.add_argument_group("calibration and QAT")
+    quant.add_argument("--calib", metavar="DIR", help="calibration images (default: generated)")
+    quant.add_argument("--calib-size", type=_number(int, 1), metavar="N", help="(recipe's)")
+    quant.add_argument("--calib-seed", type=_number(int, 0), default=0, help="pick seed (0)")
+    quant.add_argument("--qat-data", metavar="DIR", help="QAT images: adds the *-qat recipes")
+    quant.add_argument("--qat-steps", type=_number(int, 1), metavar="N", help="QAT steps")
+    subset = parser.add_argument_group("audit")
+    subset.add_argument(
+        "--audit-data", metavar="DIR", help="ImageNet validation images (default: generated)"
+    )
+    choice = subset.add_mutually_exclusive_group()
+    choice.add_argument("--per-class", type=_number(int, 1), metavar="K", help="K per class")
+    choice.add_argument("--limit", type=_number(int, 1), metavar="N", help="N images in all")
+    subset.add_argument("--layout", choices=LAYOUTS, help="dataset layout (default: detect)")
+    _add_model_source(parser)
+    parser.set_defaults(run=_run_build)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a comma-separated list")
+    return names
+
+
+def _run_build(args) -> int:
+    from pathlib import Path
+
+    from . import build
+
+    def path(value):
+        return Path(value) if value else None
+
+    options = build.Options(
+        model=args.model,
+        out=Path(args.out),
+        targets=args.targets,
+        recipes=args.recipes,
+        random_init=args.random_init,
+        seed=args.seed,
+        calib=path(args.calib),
+        calib_size=args.calib_size,
+        calib_seed=args.calib_seed,
+        audit_data=path(args.audit_data),
+        per_class=args.per_class,
+        limit=args.limit,
+        layout=args.layout,
+        qat_data=path(args.qat_data),
+        qat_steps=args.qat_steps,
+        contract=args.contract,
+        threads=args.threads,
+        force=args.force,
+        audit=not args.no_audit,
+        progress=not args.no_progress,
+    )
+    result = build.run(options, echo=lambda line: print(line, flush=True))
+    if result.report is not None:
+        print()
+        print(build.summary(result.report))
+        print(f"\nreport: {result.report.parent / 'report.md'}")
+    print(f"build record: {result.build_json}")
+    return result.exit_status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -583,7 +920,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(commands)
     _add_audit(commands)
     _add_qat(commands)
+    _add_build(commands)
     return parser
+
+
+def _tolerate_unencodable_output() -> None:
+    """File names that are not valid in the locale's encoding (undecodable bytes Python keeps
+    as surrogates) print as backslash escapes under a strict stdout, never an exception that
+    would lose the remaining results."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):  # closed or detached: leave it
+                reconfigure(errors="backslashreplace")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -593,8 +942,10 @@ def main(argv: list[str] | None = None) -> int:
     ``exit_status`` of its class (``errors`` holds the rule); bad options are argparse's
     ``SystemExit(2)``.
     """
+    _tolerate_unencodable_output()
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        args = _parse_predict(argv) if argv[:1] == ["predict"] else build_parser().parse_args(argv)
         return args.run(args)
     except EdgeConvnextError as error:
         print(f"edge-convnext: error: {error}", file=sys.stderr)

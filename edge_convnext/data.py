@@ -35,7 +35,7 @@ from PIL import Image
 from . import atomic
 from .errors import DatasetError, DatasetNotFoundError, ImageError, choices
 from .labels import imagenet_wnids
-from .preprocess import IMAGE_SUFFIXES, open_rgb
+from .preprocess import IMAGE_SUFFIXES, check_image_file, open_rgb
 
 LAYOUTS = ("imagefolder", "devkit", "loc", "csv", "parquet")
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
@@ -83,6 +83,10 @@ class Sample:
             if self.reader is None:
                 raise ImageError(f"{self.source}: sample has neither a path nor a reader")
             return self.reader()
+        try:
+            check_image_file(self.path)  # a FIFO never blocks, a huge file is never read whole
+        except ImageError as error:
+            raise ImageError(f"{self.source}: {error_reason(error, self.path)}") from None
         try:
             return self.path.read_bytes()
         except OSError as error:
@@ -349,6 +353,8 @@ def load_dataset(
     data: str | os.PathLike,
     layout: str | None = None,
     labels_file: str | os.PathLike | None = None,
+    *,
+    allow_outside: bool = False,
 ) -> Dataset:
     """Find and label every ImageNet validation image under ``data``.
 
@@ -357,6 +363,9 @@ def load_dataset(
         layout: one of :data:`LAYOUTS`; detected when ``None``.
         labels_file: the ground truth (devkit txt, ``LOC_val_solution.csv`` or a labels CSV);
             found by name under ``data`` when ``None``.
+        allow_outside: let a labels CSV list images outside the data root (and the labels
+            file's folder); refused by default, so a CSV cannot make an audit read (and hash
+            into its manifest) arbitrary files.
 
     Returns:
         A :class:`Dataset` with all samples, sorted by key.
@@ -378,9 +387,32 @@ def load_dataset(
     elif layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; expected one of {choices(LAYOUTS)}")
     samples = _LOADERS[layout](root, labels_path)
+    if layout == "csv" and not allow_outside:
+        _refuse_outside(samples, root, labels_path)
     if not samples:
         raise DatasetError(f"{root}: no images found ({layout} layout)")
     return Dataset(root=root, layout=layout, samples=_unique_keys(samples), labels_file=labels_path)
+
+
+def _refuse_outside(samples: list[Sample], root: Path, labels_path: Path | None) -> None:
+    """DatasetError if a listed file lies outside the data root and the labels file's folder
+    (an absolute path or ``..`` climbing out; links inside the root are the user's own)."""
+    bases = [Path(os.path.abspath(root))]
+    if labels_path is not None:
+        bases.append(Path(os.path.abspath(labels_path)).parent)
+    outside = []
+    for sample in samples:
+        if sample.path is None:
+            continue
+        resolved = Path(os.path.normpath(os.path.abspath(sample.path)))
+        if not any(resolved.is_relative_to(base) for base in bases):
+            outside.append(sample.source)
+    if outside:
+        where = labels_path if labels_path is not None else root
+        raise DatasetError(
+            f"{where}: {len(outside)} listed images lie outside the data root {root}, e.g. "
+            f"{choices(outside[:3])}; refusing to read them (pass --allow-outside-data to allow)"
+        )
 
 
 def _file_as_root(

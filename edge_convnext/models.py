@@ -62,6 +62,22 @@ class LoadedModel:
     license: str
     model_type: str  # "convnext" | "convnextv2"
     rewrites: tuple[str, ...] = ()  # graph rewrites applied to ``module`` (edge_convnext.rewrites)
+    weights_sha256: str | None = None  # of a local checkpoint's weights file
+
+    @property
+    def is_local(self) -> bool:
+        return self.weights_sha256 is not None
+
+    @property
+    def public_source(self) -> str:
+        """What artifacts record as the source: the Hub id (or ``random-init:...``), or for a
+        local checkpoint its directory's *name*, never the local path (artifacts ship in apps)."""
+        return f"local:{Path(self.source).name}" if self.is_local else self.source
+
+    @property
+    def public_revision(self) -> str | None:
+        """The Hub commit, or ``sha256:<hex>`` of a local checkpoint's weights."""
+        return f"sha256:{self.weights_sha256}" if self.is_local else self.revision
 
     @property
     def hf_model(self) -> torch.nn.Module:
@@ -132,18 +148,96 @@ def _load_local(path: Path) -> LoadedModel:
         raise CheckpointError(
             f"{path}: no weights; expected model.safetensors or pytorch_model.bin there"
         )
+    config = _read_config(path / "config.json")
+    model_class = _model_class(config.get("model_type", "?"), str(path))
     try:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type", "?")
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}/config.json: not valid JSON ({error})") from None
-    model_class = _model_class(model_type, str(path))
-    try:
-        hf_model = model_class.from_pretrained(path).eval()
+        hf_model, info = model_class.from_pretrained(path, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as error:
         raise CheckpointError(f"{path}: cannot load {weights[0]} ({error})") from None
+    except (TypeError, KeyError, AttributeError) as error:  # a config transformers cannot build
+        raise CheckpointError(f"{path}/config.json: not a usable config ({error})") from None
+    _check_loading_info(path / weights[0], info)
+    hf_model.eval()
+    model_type = config["model_type"]
     seed_pre = next(s.preprocessing for s in SEEDS.values() if s.model_type == model_type)
-    preprocessing = _read_preprocessing(path / "preprocessor_config.json") or seed_pre
-    return _wrap(hf_model, path.name, str(path), None, preprocessing, UNKNOWN_LICENSE)
+    try:
+        preprocessing = _read_preprocessing(path / "preprocessor_config.json") or seed_pre
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as error:
+        raise CheckpointError(
+            f"{path}/preprocessor_config.json: not a usable preprocessor config ({error})"
+        ) from None
+    loaded = _wrap(hf_model, path.name, str(path), None, preprocessing, UNKNOWN_LICENSE)
+    loaded.weights_sha256 = _file_sha256(path / weights[0])
+    return loaded
+
+
+# config.json fields that must be integers (or lists of integers) when present.
+_INT_FIELDS = ("num_channels", "patch_size", "num_stages", "num_labels", "image_size")
+_INT_LIST_FIELDS = ("hidden_sizes", "depths")
+
+
+def _read_config(path: Path) -> dict:
+    """``config.json`` as a dict, checked: a UTF-8 JSON object whose sizes are integers.
+
+    Raises:
+        CheckpointError: not UTF-8, not JSON, not an object, or a size that is not an integer.
+    """
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{path}: not UTF-8 text ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got a JSON {type(config).__name__}")
+
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    for name in _INT_FIELDS:
+        if name in config and not is_int(config[name]):
+            raise CheckpointError(
+                f"{path}: field {name!r}: expected a positive integer, got {config[name]!r}"
+            )
+    for name in _INT_LIST_FIELDS:
+        value = config.get(name)
+        if value is not None and not (isinstance(value, list) and all(map(is_int, value))):
+            raise CheckpointError(
+                f"{path}: field {name!r}: expected a list of positive integers, got {value!r}"
+            )
+    if not isinstance(config.get("model_type", ""), str):
+        raise CheckpointError(f"{path}: field 'model_type': expected a string")
+    labels = config.get("id2label")
+    if labels is not None and not isinstance(labels, dict):
+        raise CheckpointError(f"{path}: field 'id2label': expected an object, got {labels!r}")
+    return config
+
+
+def _check_loading_info(weights: Path, info: dict) -> None:
+    """Refuse weights that do not fill the network: missing or unexpected tensors."""
+    problems = []
+    for what in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in info.get(what) or ())
+        if keys:
+            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            problems.append(f"{len(keys)} {what.replace('_', ' ')} ({shown})")
+    if problems:
+        raise CheckpointError(
+            f"{weights}: does not match the architecture in config.json: {'; '.join(problems)}; "
+            "refusing a partly random network"
+        )
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _load_hub(hub_id: str, revision: str | None) -> LoadedModel:
@@ -176,7 +270,7 @@ def _load_hub(hub_id: str, revision: str | None) -> LoadedModel:
 def _read_preprocessing(path: Path) -> Preprocessing | None:
     if not path.is_file():
         return None
-    return Preprocessing.from_hf(json.loads(path.read_text()))
+    return Preprocessing.from_hf(json.loads(path.read_bytes().decode("utf-8")))
 
 
 def _wrap(hf_model, name, source, revision, preprocessing, license_) -> LoadedModel:

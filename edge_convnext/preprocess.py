@@ -13,6 +13,7 @@ can take either contract:
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_MEGAPIXELS = 100.0
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+RESAMPLE_NAMES = tuple(_RESAMPLE)
 _PIL_RESAMPLE_NAMES = {3: "bicubic", 2: "bilinear", 0: "nearest"}
+# Largest image file read (bytes): a camera JPEG is a few MB; a 1 GB file is not a photo, and
+# reading it whole would only exhaust a Pi's memory.
+MAX_IMAGE_BYTES = 256 << 20
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
@@ -87,12 +92,7 @@ def open_rgb(path: str | os.PathLike, max_megapixels: float = MAX_MEGAPIXELS) ->
         ImageError: missing, empty, truncated, not an image, or over ``max_megapixels``.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory, expected an image file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: file is empty")
+    check_image_file(path)
     try:
         return _decode(path, max_megapixels)
     except ImageError:
@@ -103,6 +103,38 @@ def open_rgb(path: str | os.PathLike, max_megapixels: float = MAX_MEGAPIXELS) ->
         raise ImageError(f"{path}: image too large to decode safely ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: cannot decode image ({error})") from None
+
+
+def check_image_file(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> int:
+    """The size of ``path`` if it is a regular, non-empty file of at most ``max_bytes``.
+
+    ``stat`` decides before anything is opened, so a FIFO named ``x.JPEG`` never blocks a read
+    and a huge (or sparse) file is never read into memory.
+
+    Raises:
+        ImageError: missing, a dangling or looping link, a directory, a FIFO/device/socket, empty
+            or over ``max_bytes``.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError(f"{path}: dangling symbolic link") from None
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ImageError(f"{path}: cannot read ({error.strerror or error})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path}: is a directory, expected an image file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "not a regular file"
+        raise ImageError(f"{path}: is {kind}, expected an image file")
+    if info.st_size == 0:
+        raise ImageError(f"{path}: file is empty")
+    if info.st_size > max_bytes:
+        raise ImageError(
+            f"{path}: {info.st_size / 1e6:.0f} MB, over the {max_bytes >> 20} MB image-file limit"
+        )
+    return info.st_size
 
 
 def _decode(path: Path, max_megapixels: float) -> Image.Image:
@@ -180,5 +212,21 @@ def normalize(crops: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
 
 def find_images(root: str | os.PathLike) -> list[Path]:
     """Image files under ``root`` (recursive, sorted), matched by suffix, case-insensitive."""
-    root = Path(root)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return scan_images(root)[0]
+
+
+def scan_images(root: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``(image files, skipped)`` under ``root``: entries with an image suffix that are not
+    regular files (dangling or looping links, FIFOs, folders named ``*.JPEG``) are returned in
+    ``skipped`` with the reason, so a caller can say so instead of dropping them silently."""
+    images, skipped = [], []
+    for path in sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            check_image_file(path, max_bytes=1 << 62)
+        except ImageError as error:
+            reason = str(error).removeprefix(f"{path}: ")
+            if reason != "file is empty":
+                skipped.append((path, reason))
+                continue
+        images.append(path)
+    return images, skipped

@@ -91,14 +91,17 @@ def write_report(
     manifest: str | os.PathLike | None = None,
     manifest_sha256: str | None = None,
 ) -> Path:
-    """Write ``report.json``, the plots and ``report.md`` into ``out``; returns the JSON path."""
+    """Write the plots, ``report.md`` and, last, ``report.json`` into ``out``; returns the JSON
+    path."""
     out = Path(out)
     report = build_report(result, dataset, manifest, manifest_sha256)
-    json_path = atomic.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    if result.run_id:
+        report["run"] = {"id": result.run_id}
     plots, plot_note = write_plots(report, out)
     markdown = report_markdown(report, plots, plot_note, result.reference)
     atomic.write_text(out / "report.md", markdown)
-    return json_path
+    # Last: report.json marks a complete set (audit.run removes the old one before starting).
+    return atomic.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
 
 
 # --- Markdown ------------------------------------------------------------------------------------

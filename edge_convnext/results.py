@@ -8,6 +8,7 @@ Torch-free.
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ class Predictions:
             raise ArtifactError(f"{path}: cannot read predictions ({error})") from None
         if str(arrays.get("format", "")) != PREDICTIONS_FORMAT:
             raise ArtifactError(f"{path}: not an edge-convnext predictions.npz")
+        _check_same_run(path, str(arrays.get("run_id", "")))
         names = [str(n) for n in arrays["names"]]
         index = _pick_artifact(path, names, artifact, str(arrays["reference"]))
         scored = arrays[f"scored_{index}"]
@@ -71,6 +73,22 @@ class Predictions:
             keys=[str(k) for k in arrays["keys"][scored]],
             sha256=[str(s) for s in arrays["sha256"][scored]],
             logits=arrays[f"logits_{index}"][scored].astype(np.float32),
+        )
+
+
+def _check_same_run(path: Path, run_id: str) -> None:
+    """ArtifactError if the ``report.json`` beside ``path`` is from another audit run."""
+    report = path.with_name("report.json")
+    if not run_id or not report.is_file():
+        return
+    try:
+        recorded = json.loads(report.read_text(encoding="utf-8")).get("run", {}).get("id")
+    except (OSError, ValueError, AttributeError):
+        return
+    if recorded and recorded != run_id:
+        raise ArtifactError(
+            f"{path}: from audit run {run_id[:8]}, but {report.name} beside it is from run "
+            f"{recorded[:8]}: the set was mixed (an interrupted audit?); audit again"
         )
 
 
@@ -165,6 +183,7 @@ class AuditResult:
     hashes: dict[str, str | None]
     artifacts: list[ArtifactResult]
     reference: str | None = None
+    run_id: str = ""  # ties predictions.npz to the report.json of the same audit
 
     def write_predictions(self, path: str | os.PathLike) -> Path:
         """Write ``predictions.npz`` (keys, labels, sha256 and logits per artifact) atomically."""
@@ -178,6 +197,7 @@ class AuditResult:
             "names": np.array([a.name for a in self.artifacts], dtype=str),
             "targets": np.array([a.target for a in self.artifacts], dtype=str),
             "recipes": np.array([a.recipe for a in self.artifacts], dtype=str),
+            "run_id": np.array(self.run_id),
         }
         for i, artifact in enumerate(self.artifacts):
             arrays[f"logits_{i}"] = artifact.logits

@@ -63,10 +63,24 @@ def load(folder: str | Path, size: int, preprocessing: Preprocessing, seed: int 
         try:
             crops.append(load_crop(path, preprocessing))
         except ImageError as error:
-            skipped.append({"file": str(path), "reason": str(error)})
+            # Relative names only: the record goes into artifacts, which ship inside apps.
+            name = _relative_name(path, Path(folder))
+            skipped.append({"file": name, "reason": str(error).removeprefix(f"{path}: ")})
             continue
         keys.append(path.name)
         hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
     if not crops:
         raise DatasetError(f"--calib {folder}: none of the picked images could be read")
-    return Calibration(np.stack(crops), keys, hashes, str(folder), skipped)
+    return Calibration(np.stack(crops), keys, hashes, _folder_name(Path(folder)), skipped)
+
+
+def _folder_name(folder: Path) -> str:
+    """The calibration folder as artifacts record it: its name, never a local path."""
+    return Path(folder).resolve().name or str(folder)
+
+
+def _relative_name(path: Path, folder: Path) -> str:
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return path.name

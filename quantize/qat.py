@@ -333,13 +333,13 @@ def train(
     runtime.check(recipe)
     contract = contracts.get(contract)
     meta = {
-        "model": str(model_ref),
+        "model": _resolved(model_ref),
         "random_init": random_init,
         "model_seed": model_seed,
         "target": target,
         "recipe": recipe.name,
         "contract": contract.name,
-        "data": str(data),
+        "data": _resolved(data),
         "images": images,
         "rewrites": list(runtime.rewrites_for(recipe)),
         "smoothquant_alpha": recipe.smoothquant_alpha,
@@ -428,7 +428,11 @@ def _resume_state(out: Path, resume: bool, meta: dict, config: QATConfig) -> dic
             f"{out} exists: pass --resume to continue that run, or choose another --out"
         )
     payload = load_checkpoint(out)
-    changed = [k for k in meta if payload["meta"].get(k) != meta[k]]
+    saved = dict(payload["meta"])
+    for key in ("model", "data"):  # checkpoints that recorded the paths as typed
+        if isinstance(saved.get(key), str):
+            saved[key] = _resolved(saved[key])
+    changed = [k for k in meta if saved.get(k) != meta[k]]
     if payload["config"] != asdict(config):
         changed.append("training options")
     if changed:
@@ -437,3 +441,10 @@ def _resume_state(out: Path, resume: bool, meta: dict, config: QATConfig) -> dic
             "command, or choose another --out"
         )
     return payload
+
+
+def _resolved(ref: str | Path) -> str:
+    """A path that exists as its absolute, resolved spelling (``data`` and ``./data`` are one
+    run); anything else (a Hub id, a seed name) as given."""
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else str(ref)

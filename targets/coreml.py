@@ -461,9 +461,9 @@ def _set_metadata(mlmodel, model: LoadedModel, recipe: Recipe, contract: str) ->
         f"{model.name}: ImageNet-1k classifier ({len(model.labels)} labels), {recipe.name} "
         f"({recipe.description}), {contract.name!r} input. Converted by edge-convnext."
     )
-    mlmodel.author = f"edge-convnext {__version__} conversion of {model.source}"
+    mlmodel.author = f"edge-convnext {__version__} conversion of {model.public_source}"
     mlmodel.license = model.license
-    mlmodel.version = model.revision or f"edge-convnext {__version__}"
+    mlmodel.version = model.public_revision or f"edge-convnext {__version__}"
     if contract.normalized_in_graph:
         pre = model.preprocessing
         mlmodel.input_description[IMAGE_INPUT] = (
@@ -485,8 +485,8 @@ def _set_metadata(mlmodel, model: LoadedModel, recipe: Recipe, contract: str) ->
     meta["com.github.apple.coremltools.source_dialect"] = "TorchExport::ATEN"
     facts = {
         "model": model.name,
-        "source": model.source,
-        "revision": model.revision or "",
+        "source": model.public_source,
+        "revision": model.public_revision or "",
         "model_type": model.model_type,
         "recipe": recipe.name,
         "contract": contract.name,
@@ -766,6 +766,7 @@ def _classify_source(block) -> str | None:
 class CoreML(Target):
     name = NAME
     suffixes = (SUFFIX,)
+    bundle_dir = "ios"  # its folder in a `build` dist/
     recipes = ("fp32", "fp16", "w8", "w8a8", "w4", "palette4", "palette6")
     toolchain = "coremltools"
     tool_packages = ("coremltools", "torchao")

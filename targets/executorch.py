@@ -18,6 +18,10 @@ Runner: ``executorch.runtime.Runtime.get().load_program(path).load_method("forwa
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
+import sys
 import time
 import warnings
 import weakref
@@ -231,6 +235,8 @@ class ExecuTorchRunner(ArtifactRunner):
                 f"ExecuTorch's thread pool is process-wide and another open .pte runner holds it "
                 f"at {self.threads} threads; running with {self.threads}, not {threads}"
             )
+        check_header(self.path)
+        _probe_load(runtime, self.path)
         try:
             self.program = runtime.load_program(self.path)
             self.method = self.program.load_method(METHOD)
@@ -266,6 +272,90 @@ def load(path: Path, threads: int | None = None) -> ExecuTorchRunner:
         ArtifactError: ExecuTorch is not installed, or the file or sidecar is not usable.
     """
     return ExecuTorchRunner(path, threads)
+
+
+# ExecuTorch programs are flatbuffers with file identifier "ET" + two digits at offset 4
+# (executorch/exir/_serialize/_program.py: _program_flatbuffer_to_json / _insert_flatbuffer_header).
+_MAGIC = re.compile(rb"ET[0-9]{2}")
+_MIN_PROGRAM_BYTES = 64
+PROBE_TIMEOUT_S = 120.0
+
+
+def check_header(path: Path) -> None:
+    """ArtifactError unless ``path`` is a regular file that starts like an ExecuTorch program
+    (flatbuffer identifier ``ET##`` at offset 4), checked before any byte reaches the runtime."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not a file; expected an ExecuTorch .pte program")
+    size = path.stat().st_size
+    if size < _MIN_PROGRAM_BYTES:
+        raise ArtifactError(
+            f"{path}: {size} bytes, too small for an ExecuTorch .pte program (empty or truncated)"
+        )
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if not _MAGIC.fullmatch(head[4:8]):
+        raise ArtifactError(
+            f"{path}: not an ExecuTorch .pte program (no 'ET##' flatbuffer identifier at "
+            f"offset 4, found {head[4:8]!r}); expected a file written by "
+            "`edge-convnext export --target executorch`"
+        )
+
+
+_PROBED: dict[tuple, None] = {}
+
+
+def _probe_load(runtime, path: Path) -> None:
+    """Load ``path`` once in a forked child first: ExecuTorch's C++ loader aborts the whole
+    process (SIGABRT) on some damaged programs, which no ``except`` can catch; the child dies
+    instead and this raises ArtifactError, so the rest of the run survives.
+
+    A fork costs ~20 ms (the child shares the parent's imported runtime); a child that does not
+    finish in :data:`PROBE_TIMEOUT_S` is killed and the load proceeds in-process. Skipped where
+    ``os.fork`` does not exist. Each (file, size, mtime) is probed once per process.
+    """
+    if not hasattr(os, "fork"):
+        return
+    info = path.stat()
+    key = (str(path.resolve()), info.st_size, info.st_mtime_ns)
+    if key in _PROBED:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with warnings.catch_warnings():
+        # Fork of a threaded process (CPython, and JAX's at-fork hook when JAX is loaded): the
+        # child only loads the program and exits, so it never meets the threads' state.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            runtime.load_program(path).load_method(METHOD)
+        except BaseException:
+            code = 3
+        os._exit(code)
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return  # inconclusive: load in-process as before
+        time.sleep(0.005)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        raise ArtifactError(
+            f"{path}: ExecuTorch's loader crashed on it ({signal.Signals(-code).name}; caught in "
+            "a child process); a damaged .pte program, expected a file written by "
+            "`edge-convnext export --target executorch`"
+        )
+    _PROBED[key] = None  # a Python-level failure (code 3) is reported by the real load below
 
 
 def _import_runtime():
@@ -315,8 +405,9 @@ def describe(path: Path) -> dict:
         NotFoundError: the file is missing. ArtifactError: not an ExecuTorch program.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise NotFoundError(f"{path}: no such .pte file")
+    check_header(path)
     data = path.read_bytes()
     program = _deserialize(path, data)
     methods = {plan.name: _describe_plan(plan) for plan in program.execution_plan}
@@ -414,6 +505,7 @@ def _xnnpack_node_counts(blobs: list[tuple[str, bytes]]) -> dict | None:
 class ExecuTorch(Target):
     name = NAME
     suffixes = (SUFFIX,)
+    bundle_dir = "executorch"  # its folder in a `build` dist/
     recipes = ("fp32", "w8a8", "w8a8-qat")
     rewrites = XNNPACK_REWRITES
     toolchain = "executorch"

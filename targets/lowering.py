@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-from edge_convnext import contracts
+from edge_convnext import atomic, contracts
 from edge_convnext import manifest as manifests
-from edge_convnext.atomic import atomic_path
 from edge_convnext.contracts import InputContract
 from edge_convnext.models import LoadedModel
 from edge_convnext.preprocess import Preprocessing
@@ -69,14 +68,12 @@ def write_artifact(
     input_facts: dict | None = None,
     output_name: str = "logits",
 ) -> Path:
-    """Write an artifact via ``write(temporary_path)`` + rename, then its sidecar manifest.
+    """Write an artifact via ``write(temporary_path)`` and its sidecar manifest as one unit.
 
     ``input_facts`` adds to (or overrides) the contract's input spec: what the runtime exposes,
     e.g. Core ML's image input name.
     """
     final = Path(out_dir) / target.artifact_name(loaded.name, recipe.name, contract.name)
-    with atomic_path(final) as temporary:
-        write(temporary)
     manifest = manifests.Manifest(
         artifact=final.name,
         target=target.name,
@@ -84,8 +81,8 @@ def write_artifact(
         contract=contract.name,
         model={
             "name": loaded.name,
-            "source": loaded.source,
-            "revision": loaded.revision,
+            "source": loaded.public_source,
+            "revision": loaded.public_revision,
             "model_type": loaded.model_type,
             "license": loaded.license,
         },
@@ -96,5 +93,16 @@ def write_artifact(
         quantization=quantization,
         details={"recipe": recipe.to_dict(), "rewrites": list(loaded.rewrites), **(details or {})},
     )
-    manifests.write(manifest, final, target.tool_packages)
+    # One unit: the artifact is staged, then -- holding the output folder's lock, so a concurrent
+    # export to the same name waits its turn and the last writer's pair wins whole -- its sidecar
+    # is written with the staged bytes' sha256 and size, and the artifact renamed into place.
+    # A kill between the two renames leaves a sidecar whose size/sha256 names the new artifact
+    # beside the old one: every load checks the size, inspect/audit the sha256, and refuse it.
+    with atomic.staged(final) as temporary:
+        write(temporary)
+        if not temporary.exists():
+            raise RuntimeError(f"nothing was written to {temporary}")
+        with atomic.locked(final.parent):
+            manifests.write(manifest, final, target.tool_packages, content=temporary)
+            atomic.replace(temporary, final)
     return final

@@ -8,6 +8,8 @@ import numpy as np
 
 from edge_convnext import manifest as manifests
 
+VERIFY_SHA256 = True
+
 
 class ArtifactRunner:
     """Runs one artifact: ``uint8 (N, H, W, 3)`` RGB crops -> ``float32 (N, classes)`` logits.
@@ -23,6 +25,10 @@ class ArtifactRunner:
         self.path = Path(path)
         self.name = str(path)
         self.manifest = manifests.read(self.path)
+        # The artifact must be the one its sidecar describes (size, then sha256: ~0.1 s for a
+        # 28 MB file, small beside building the runtime), so an interrupted re-export or a file
+        # copied without its sidecar is refused, not run with the wrong labels or contract.
+        manifests.verify(self.path, self.manifest, sha256=VERIFY_SHA256)
         self.recipe = self.manifest.recipe
         self.contract = self.manifest.input_contract
         self.labels = self.manifest.labels

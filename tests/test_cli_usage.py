@@ -6,10 +6,12 @@ tests hold the command line to it, and to printing one error line and never a tr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import real_images
@@ -217,7 +219,11 @@ def broken_tflite(tiny_checkpoints, tmp_path_factory):
     (exported,) = out.glob("*.tflite")
     broken = out / "broken.tflite"
     broken.write_bytes(os.urandom(len(exported.read_bytes())))
-    shutil.copy(str(exported) + ".json", str(broken) + ".json")
+    # Without its checksum (a hand-written sidecar), so the bytes reach the runtime; with it,
+    # the load refuses them first (tests/test_hostile.py).
+    sidecar = json.loads(Path(str(exported) + ".json").read_text())
+    sidecar["sha256"], sidecar["size_bytes"] = "", 0
+    Path(str(broken) + ".json").write_text(json.dumps(sidecar))
     return broken
 
 

@@ -126,11 +126,11 @@ def test_app_artifact_is_an_image_classifier(seed_name, recipe, artifacts, model
     metadata = spec.description.metadata
     assert metadata.license == loaded.license
     assert loaded.name in metadata.shortDescription and recipe in metadata.shortDescription
-    assert loaded.source in metadata.author
+    assert loaded.public_source in metadata.author
     assert metadata.versionString
     user = dict(metadata.userDefined)
     assert user["com.apple.coreml.model.preview.type"] == "imageClassifier"
-    assert user["edge_convnext.source"] == loaded.source
+    assert user["edge_convnext.source"] == loaded.public_source
     assert user["edge_convnext.recipe"] == recipe
     assert user["edge_convnext.contract"] == contracts.APP.name
     preprocessing = Preprocessing.from_dict(json.loads(user["edge_convnext.preprocessing"]))
@@ -157,7 +157,7 @@ def test_sidecar_manifest_is_complete(contract, artifacts, models):
     assert manifest.sha256 == manifests.sha256_of(path)
     assert manifest.size_bytes == manifests.size_of(path) > 0
     assert manifest.labels == loaded.labels and len(manifest.labels) == 1000
-    assert manifest.model["source"] == loaded.source
+    assert manifest.model["source"] == loaded.public_source
     assert manifest.model["license"] == loaded.license
     assert manifest.preprocessing_recipe == loaded.preprocessing
     assert manifest.input["name"] == (

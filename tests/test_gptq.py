@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_quantize import _require
+from conftest import require_toolchain as _require
 
 from edge_convnext import targets
 from edge_convnext.quantize import gptq, recipes
