@@ -141,22 +141,14 @@ def sample_images(folder: Path, count: int, seed: int, labelled: bool = False) -
     """
     import io
 
-    import numpy as np
-    from PIL import Image
+    from .synthetic import textured_image
 
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for index in range(count):
-        rng = np.random.default_rng(seed + index)
         height, width = 240 + 16 * (index % 5), 320 - 16 * (index % 3)
-        y, x = np.mgrid[0:height, 0:width] / max(height, width)
-        channels = []
-        for _ in range(3):
-            fx, fy, phase = rng.uniform(1, 8, 2).tolist() + [rng.uniform(0, 6)]
-            channels.append(np.sin(fx * x * 6 + phase) * np.cos(fy * y * 6) * 90 + 128)
-        pixels = np.stack(channels, -1) + rng.normal(0, 12, (height, width, 3))
         buffer = io.BytesIO()
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+        textured_image(seed + index, (width, height)).save(buffer, "JPEG", quality=90)
         name = f"sample_{seed + index:04d}.jpg"
         names.append(name)
         path = folder / name

@@ -10,23 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge_convnext.synthetic import textured_image
+
 FIXTURES = Path(__file__).parent / "fixtures"
 PHOTOS = sorted((FIXTURES / "photos").glob("*.jpg"))
 TINY = {"depths": [1, 1, 2, 1], "hidden_sizes": [16, 32, 64, 128]}
 SEED_NAMES = ("convnext-tiny-224", "convnextv2-tiny-1k-224")
-
-
-def textured_image(seed: int, size=(320, 240)) -> Image.Image:
-    """A photo-like RGB image: smooth gradients, blobs and noise, seeded."""
-    rng = np.random.default_rng(seed)
-    height, width = size[1], size[0]
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    channels = []
-    for _ in range(3):
-        fx, fy, phase = rng.uniform(1, 8, 2).tolist() + [rng.uniform(0, 6)]
-        channels.append(np.sin(fx * x * 6 + phase) * np.cos(fy * y * 6) * 90 + 128)
-    pixels = np.stack(channels, -1) + rng.normal(0, 12, (height, width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def require_toolchain(target: str) -> None:
