@@ -1,8 +1,16 @@
-"""Accuracy audits: run every artifact on the same labelled images, batch 1, in its own runtime.
+"""Accuracy audits: run every artifact on the same labelled images, each in its own runtime.
 
-Each image is decoded once; its crops are cached per distinct preprocessing and fed to every runner
-one at a time, timing only the runner call. Unreadable images are listed and left out of every
-denominator; a runner that fails records the error in its own row and the audit goes on.
+Each image is decoded once, on a pool of worker threads that works one chunk ahead of the
+runners (Pillow releases the GIL while it decodes and resizes); its crops are made per distinct
+preprocessing and fed to every runner, timing only the runner call. Runners take one image per
+call, or up to ``runner.preferred_batch`` at once when they carry that attribute. Unreadable
+images are listed and left out of every denominator; a runner that fails records the error in
+its own row and the audit goes on.
+
+Per-image results go to disk chunk by chunk (a *part*, see :mod:`edge_convnext.audit_parts`),
+never all in RAM: an ImageNet-size audit runs in bounded memory, a killed audit resumes
+(``resume=True``), and the shards of one audit (``shard=Shard(K, N)``, on one machine or many)
+:func:`merge` into exactly the report an unsharded run writes.
 
 The reference for agreement / McNemar / cosine / SNR / KL is one of the runners (by name), a
 separate runner, or the ``predictions.npz`` of an earlier audit (so a Raspberry Pi needs no
@@ -12,26 +20,58 @@ torch). Torch-free: numpy, Pillow, optionally tqdm and matplotlib.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from . import metrics, report
+from . import audit_parts, report
+from .audit_parts import (
+    CHANGED,
+    CHUNK_SIZE,
+    FAILED,
+    MAX_CONSECUTIVE_FAILURES,
+    MISSING,
+    NOT_RUN,
+    SCORED,
+    SKIPPED,
+    Selection,
+    Shard,
+    parse_shard,
+)
 from .data import Dataset, Sample, error_reason, load_dataset, sha256_hex
 from .errors import ImageError, NotFoundError, UsageError, choices
 from .manifest import size_of
 from .preprocess import Preprocessing, resize_and_crop
 from .progress import bar
-from .results import ArtifactMetrics, ArtifactResult, AuditResult, Predictions
+from .results import AuditResult, Predictions
+
+__all__ = [
+    "AuditRun",
+    "PartRun",
+    "Runner",
+    "Selection",
+    "Shard",
+    "audit",
+    "merge",
+    "parse_shard",
+    "run",
+    "run_audit",
+    "run_part",
+    "select_dataset",
+]
 
 NUM_CLASSES = 1000
-MAX_CONSECUTIVE_FAILURES = 3
-_CHUNK = 32  # images decoded at a time: bounds memory, keeps each runner hot over a chunk
+PART_DIR = "part"  # an unsharded audit's chunks, in its --out until the report is written
+_AHEAD = 1  # chunks decoded ahead of the one being scored: overlap with bounded memory
 
 
 @runtime_checkable
@@ -45,6 +85,8 @@ class Runner(Protocol):
         preprocessing: how to decode and crop images for this model.
         path: artifact file or folder (for its size), ``None`` for in-memory or hub models.
         note: a caveat for the report, e.g. that numerics are a reference evaluation.
+        preferred_batch: optional int; the audit passes up to this many crops per call
+            (default 1) and records each image's latency as the call's time / N.
     """
 
     name: str
@@ -57,49 +99,84 @@ class Runner(Protocol):
     def __call__(self, crops: np.ndarray) -> np.ndarray: ...
 
 
-# --- running -------------------------------------------------------------------------------------
+# --- one part: decode on threads, run every runner, commit chunk by chunk -------------------------
 
 
 @dataclass
-class _Decoded:
-    index: int
-    crops: dict[Preprocessing, np.ndarray]
+class PartRun:
+    """What :func:`run_part` did.
+
+    Attributes:
+        part: the part folder (its files: :mod:`edge_convnext.audit_parts`).
+        chunks: chunks in the part; resumed: how many of them were on disk already.
+        timing: ``{"wall_s", "decode_s", "decode_wait_s", "inference_s"}`` of this run alone.
+    """
+
+    part: Path
+    chunks: int
+    resumed: int
+    timing: dict
 
 
 @dataclass
 class _State:
     runner: Runner
-    row: ArtifactResult
+    column: int  # the runner's row in the part's plan
     warmed: bool = False
     consecutive_failures: int = 0
-    skipped: int = 0
+    inference_s: float = 0.0
 
     @property
     def gave_up(self) -> bool:
         return self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES
 
+    @property
+    def batch(self) -> int:
+        return max(1, int(getattr(self.runner, "preferred_batch", 1) or 1))
 
-def run_audit(
+
+@dataclass
+class _Decoded:
+    sha256: str | None
+    error: str | None
+    crops: dict[Preprocessing, np.ndarray] | None
+    seconds: float
+
+
+def run_part(
     runners: Sequence[Runner],
     samples: Sequence[Sample],
+    part_dir: str | os.PathLike,
     reference: Runner | Predictions | str | os.PathLike | None = None,
+    resume: bool = False,
     progress: bool = True,
-) -> AuditResult:
-    """Run every runner on every readable sample (batch 1) and compute the metrics.
+    selection: Selection | None = None,
+    workers: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> PartRun:
+    """Score ``samples`` with every runner into the part folder ``part_dir``, chunk by chunk.
+
+    The lower-level step of :func:`audit` (no report is written: see :func:`merge` and
+    :func:`edge_convnext.audit_parts.score`). Images are decoded by ``workers`` threads while
+    the runners run; each chunk's per-image results (logits, status, latency, errors) are
+    committed atomically before the next, so memory stays bounded and a killed run resumes.
+    Per chunk the reference runner runs first.
 
     Args:
-        runners: the artifacts to audit.
-        samples: labelled images (e.g. ``Dataset.samples``); audited in key order.
-        reference: a runner's name, a runner (audited as an extra first row if not in
-            ``runners``), :class:`Predictions`, or a ``predictions.npz`` path (``FILE.npz#NAME``
-            picks an artifact); ``None`` leaves the comparison metrics ``None``.
+        runners: the artifacts (built once by the caller); ``reference`` as in :func:`run_audit`
+            (a runner's name, a runner, :class:`Predictions` or a ``predictions.npz[#NAME]``).
+        samples: this part's images (e.g. ``shard.select(dataset.samples)``); sorted by key here.
+        part_dir: the part folder, created if needed.
+        resume: keep the chunks already committed in ``part_dir`` (UsageError if its plan is of
+            another audit); otherwise they are removed first.
         progress: show a tqdm bar (if tqdm is installed).
-
-    Returns:
-        An :class:`AuditResult` with metrics filled in.
+        selection: the whole audit's images this part belongs to
+            (``Selection.of(dataset, shard)``); default: ``samples`` themselves, unsharded.
+        workers: decode threads (default: one per core, at most 4).
+        chunk_size: images per committed chunk.
 
     Raises:
-        UsageError: no runners, duplicate names, or an unknown reference.
+        UsageError: no runners, duplicate names, an unknown reference, a plan mismatch on resume.
     """
     runners = list(runners)
     reference_runner, predictions = _resolve_reference(reference, runners)
@@ -109,27 +186,171 @@ def run_audit(
         raise UsageError("nothing to audit: give at least one model")
     _check_unique([r.name for r in runners])
     samples = sorted(samples, key=lambda s: s.key)
-    states = [_State(r, _new_row(r, len(samples), r is reference_runner)) for r in runners]
-    hashes: dict[str, str | None] = {}
-    errors: list[dict] = []
-    readable = np.zeros(len(samples), dtype=bool)
-    total = len(samples) * len(states)
-    with bar(enabled=progress, total=total, unit="img", dynamic_ncols=True) as progress_bar:
-        # Read in source order so parquet row groups and directories are visited once.
-        order = sorted(range(len(samples)), key=lambda i: _read_order(samples[i]))
-        preprocessings = list(dict.fromkeys(r.preprocessing for r in runners))
-        for start in range(0, len(order), _CHUNK):
-            decoded = []
-            for i in order[start : start + _CHUNK]:
-                item = _decode(samples[i], i, preprocessings, hashes, errors)
-                if item is not None:
-                    readable[i] = True
-                    decoded.append(item)
+    workers = workers or min(4, os.cpu_count() or 1)
+    rows = [_runner_row(r, r is reference_runner) for r in runners]
+    if predictions is not None:
+        rows.insert(0, _predictions_row(predictions, [r.name for r in runners]))
+    selection = selection or Selection.of_samples(samples)
+    plan = audit_parts.new_plan(rows, [s.key for s in samples], selection, chunk_size, workers)
+    part = Path(part_dir)
+    committed = audit_parts.prepare(part, plan, resume)
+    offset = 1 if predictions is not None else 0
+    states = [_State(r, offset + i) for i, r in enumerate(runners)]
+    states.sort(key=lambda s: s.runner is not reference_runner)  # the reference runs first
+    chunks = [samples[i : i + chunk_size] for i in range(0, len(samples), chunk_size)]
+    _restore(states, part, committed, chunks)
+    timing = _Pipeline(states, predictions, rows, part, workers).run(chunks, committed, progress)
+    audit_parts.finish(part, {"chunks": len(chunks), "images": len(samples), "timing": timing})
+    return PartRun(part, len(chunks), len(committed), timing)
+
+
+def _runner_row(runner: Runner, is_reference: bool) -> dict:
+    path = getattr(runner, "path", None)
+    return {
+        "name": runner.name,
+        "target": runner.target,
+        "recipe": runner.recipe,
+        "note": getattr(runner, "note", None),
+        "size_mb": _size_mb(path),
+        "is_reference": is_reference,
+        "source": "runner",
+        "file": _file_identity(path),
+    }
+
+
+def _file_identity(path: str | os.PathLike | None) -> list[int] | None:
+    """``[bytes, mtime_ns]`` of an artifact file or folder: a resume of other files is refused."""
+    if path is None or not Path(path).exists():
+        return None
+    return [size_of(Path(path)), Path(path).stat().st_mtime_ns]
+
+
+def _restore(states: list[_State], part: Path, committed: set[int], chunks: list) -> None:
+    """Consecutive failures carried over from the committed chunks before the first to run."""
+    for index in range(len(chunks)):
+        if index not in committed:
+            return
+        with np.load(audit_parts.chunk_path(part, index), allow_pickle=False) as npz:
             for state in states:
-                progress_bar.set_description(_short(state.runner.name))
-                _run_chunk(state, decoded, samples)
-                progress_bar.update(len(order[start : start + _CHUNK]))
-    return _finish(samples, readable, states, predictions, hashes, errors, reference_runner)
+                for status in npz[f"status_{state.column}"]:
+                    if status == SCORED:
+                        state.consecutive_failures = 0
+                    elif status in (FAILED, SKIPPED):
+                        state.consecutive_failures += 1
+
+
+class _Pipeline:
+    """Decodes chunk ``i + 1`` on worker threads while the runners score chunk ``i``."""
+
+    def __init__(self, states, predictions, rows, part: Path, workers: int):
+        self.states, self.predictions, self.rows, self.part = states, predictions, rows, part
+        self.workers = workers
+        self.preprocessings = list(dict.fromkeys(s.runner.preprocessing for s in states))
+        self.by_key = _predictions_index(predictions) if predictions is not None else {}
+        self.decode_s = self.wait_s = 0.0
+
+    def run(self, chunks: list[list[Sample]], committed: set[int], progress: bool) -> dict:
+        started = last = time.perf_counter()
+        todo = deque(i for i in range(len(chunks)) if i not in committed)
+        total = sum(len(c) for c in chunks) * len(self.states)
+        done = sum(len(chunks[i]) for i in committed) * len(self.states)
+        pending: deque[tuple[int, list[Future]]] = deque()
+        with (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="audit-decode") as pool,
+            bar(enabled=progress, total=total, initial=done, unit="img", dynamic_ncols=True) as pb,
+        ):
+            try:
+                while todo or pending:
+                    while todo and len(pending) <= _AHEAD:
+                        index = todo.popleft()
+                        pending.append((index, self._submit(pool, chunks[index])))
+                    index, futures = pending.popleft()
+                    arrays = self._score(chunks[index], futures, pb)
+                    now = time.perf_counter()
+                    arrays["wall_s"] = np.float64(now - last)
+                    audit_parts.write_chunk(self.part, index, arrays)
+                    last = time.perf_counter()
+            finally:
+                for _, futures in pending:  # interrupted: do not decode what nobody will score
+                    for future in futures:
+                        future.cancel()
+        return {
+            "wall_s": time.perf_counter() - started,
+            "decode_s": self.decode_s,
+            "decode_wait_s": self.wait_s,
+            "inference_s": sum(s.inference_s for s in self.states),
+            "decode_workers": self.workers,
+        }
+
+    def _submit(self, pool: ThreadPoolExecutor, chunk: list[Sample]) -> list[Future]:
+        # Submitted in source order so parquet row groups and directories are read in turn.
+        futures: list[Future | None] = [None] * len(chunk)
+        for i in sorted(range(len(chunk)), key=lambda i: _read_order(chunk[i])):
+            futures[i] = pool.submit(_decode, chunk[i], self.preprocessings)
+        return futures
+
+    def _score(self, chunk: list[Sample], futures: list[Future], pb) -> dict[str, np.ndarray]:
+        waited = time.perf_counter()
+        decoded = [f.result() for f in futures]
+        self.wait_s += time.perf_counter() - waited
+        self.decode_s += sum(d.seconds for d in decoded)
+        n = len(chunk)
+        arrays = {
+            "keys": np.array([s.key for s in chunk], dtype=str),
+            "sources": np.array([s.source for s in chunk], dtype=str),
+            "labels": np.array([s.label for s in chunk], dtype=np.int64),
+            "sha256": np.array([d.sha256 or "" for d in decoded], dtype=str),
+            "image_error": np.array([d.error or "" for d in decoded], dtype=str),
+            "decode_ms": np.array([d.seconds * 1e3 for d in decoded], dtype=np.float64),
+        }
+        readable = [i for i, d in enumerate(decoded) if d.crops is not None]
+        for j in range(len(self.rows)):
+            status = np.full(n, NOT_RUN, dtype=np.int8)
+            status[readable] = SKIPPED
+            arrays[f"logits_{j}"] = np.full((n, NUM_CLASSES), np.nan, dtype=np.float32)
+            arrays[f"status_{j}"] = status
+            arrays[f"latency_ms_{j}"] = np.full(n, np.nan, dtype=np.float64)
+            arrays[f"error_{j}"] = [""] * n
+        if self.predictions is not None:
+            self._fill_predictions(chunk, decoded, readable, arrays)
+        for state in self.states:
+            pb.set_description(_short(state.runner.name))
+            _run_runner(state, readable, decoded, chunk, arrays)
+            pb.update(n)
+        for j in range(len(self.rows)):
+            arrays[f"error_{j}"] = np.array(arrays[f"error_{j}"], dtype=str)
+        return arrays
+
+    def _fill_predictions(self, chunk, decoded, readable, arrays) -> None:
+        """Row 0: the earlier audit's logits of the images whose bytes are the same."""
+        status, logits = arrays["status_0"], arrays["logits_0"]
+        for i in readable:
+            found = self.by_key.get(chunk[i].key)
+            if found is None:
+                status[i] = MISSING
+            elif found[1] and decoded[i].sha256 and found[1] != decoded[i].sha256:
+                status[i] = CHANGED
+            else:
+                logits[i] = self.predictions.logits[found[0]]
+                status[i] = SCORED
+
+
+def _decode(sample: Sample, preprocessings: list[Preprocessing]) -> _Decoded:
+    """Read, hash, decode and crop one image (on a worker thread)."""
+    started = time.perf_counter()
+    sha = None
+    try:
+        data = sample.read_bytes()
+        sha = sha256_hex(data)
+        image = sample.open(data)
+        crops = {p: resize_and_crop(image, p) for p in preprocessings}
+    except ImageError as error:
+        reason = error_reason(error, sample.source)
+        return _Decoded(sha, reason, None, time.perf_counter() - started)
+    except (OSError, ValueError) as error:
+        reason = f"cannot decode image ({error})"
+        return _Decoded(sha, reason, None, time.perf_counter() - started)
+    return _Decoded(sha, None, crops, time.perf_counter() - started)
 
 
 def _read_order(sample: Sample) -> tuple[str, int]:
@@ -138,17 +359,48 @@ def _read_order(sample: Sample) -> tuple[str, int]:
     return (head, int(row)) if row.isdigit() else (sample.source, -1)
 
 
-def _new_row(runner: Runner, n: int, is_reference: bool) -> ArtifactResult:
-    return ArtifactResult(
-        name=runner.name,
-        target=runner.target,
-        recipe=runner.recipe,
-        note=getattr(runner, "note", None),
-        size_mb=_size_mb(getattr(runner, "path", None)),
-        is_reference=is_reference,
-        logits=np.full((n, NUM_CLASSES), np.nan, dtype=np.float32),
-        scored=np.zeros(n, dtype=bool),
-    )
+def _run_runner(state: _State, readable: list[int], decoded, chunk, arrays: dict) -> None:
+    """Run one runner over a chunk's readable images, ``state.batch`` at a time."""
+    for start in range(0, len(readable), state.batch):
+        positions = readable[start : start + state.batch]
+        crops = np.stack([decoded[i].crops[state.runner.preprocessing] for i in positions])
+        _run_batch(state, crops, positions, chunk, arrays)
+
+
+def _run_batch(state: _State, crops: np.ndarray, positions: list[int], chunk, arrays) -> None:
+    j = state.column
+    if state.gave_up:
+        return  # status stays SKIPPED
+    try:
+        logits, elapsed = _call(state, crops)
+    except Exception as error:  # any runtime failure goes into the report, the audit goes on
+        if len(positions) > 1:  # one bad image must not fail its batch: retry one by one
+            for k, i in enumerate(positions):
+                _run_batch(state, crops[k : k + 1], [i], chunk, arrays)
+            return
+        state.consecutive_failures += 1
+        arrays[f"status_{j}"][positions[0]] = FAILED
+        arrays[f"error_{j}"][positions[0]] = f"runner failed: {type(error).__name__}: {error}"
+        return
+    state.consecutive_failures = 0
+    state.inference_s += elapsed
+    arrays[f"logits_{j}"][positions] = logits
+    arrays[f"status_{j}"][positions] = SCORED
+    arrays[f"latency_ms_{j}"][positions] = elapsed * 1e3 / len(positions)
+
+
+def _call(state: _State, crops: np.ndarray) -> tuple[np.ndarray, float]:
+    if not state.warmed:
+        state.runner(crops)  # untimed warm-up: first calls pay for allocation and compilation
+        state.warmed = True
+    start = time.perf_counter()
+    output = state.runner(crops)
+    elapsed = time.perf_counter() - start
+    logits = np.asarray(output, dtype=np.float32)
+    n = len(crops)
+    if logits.size != n * NUM_CLASSES or logits.ndim > 2:
+        raise ValueError(f"returned shape {logits.shape}, expected ({n}, {NUM_CLASSES})")
+    return logits.reshape(n, NUM_CLASSES), elapsed
 
 
 def _check_unique(names: list[str]) -> None:
@@ -159,60 +411,6 @@ def _check_unique(names: list[str]) -> None:
 
 def _short(name: str, width: int = 32) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3) :]
-
-
-def _decode(
-    sample: Sample,
-    index: int,
-    preprocessings: list[Preprocessing],
-    hashes: dict[str, str | None],
-    errors: list[dict],
-) -> _Decoded | None:
-    hashes[sample.key] = None
-    try:
-        data = sample.read_bytes()
-        hashes[sample.key] = sha256_hex(data)
-        image = sample.open(data)
-        crops = {p: resize_and_crop(image, p) for p in preprocessings}
-    except ImageError as error:
-        errors.append({"file": sample.source, "reason": error_reason(error, sample.source)})
-        return None
-    except (OSError, ValueError) as error:
-        errors.append({"file": sample.source, "reason": f"cannot decode image ({error})"})
-        return None
-    return _Decoded(index, crops)
-
-
-def _run_chunk(state: _State, decoded: list[_Decoded], samples: Sequence[Sample]) -> None:
-    for item in decoded:
-        if state.gave_up:
-            state.skipped += 1
-            continue
-        crop = item.crops[state.runner.preprocessing][None]
-        try:
-            logits, elapsed = _call(state, crop)
-        except Exception as error:  # any runtime failure goes into the report, the audit goes on
-            state.consecutive_failures += 1
-            reason = f"runner failed: {type(error).__name__}: {error}"
-            state.row.errors.append({"file": samples[item.index].source, "reason": reason})
-            continue
-        state.consecutive_failures = 0
-        state.row.logits[item.index] = logits
-        state.row.scored[item.index] = True
-        state.row.latencies_ms.append(elapsed * 1e3)
-
-
-def _call(state: _State, crop: np.ndarray) -> tuple[np.ndarray, float]:
-    if not state.warmed:
-        state.runner(crop)  # untimed warm-up: first calls pay for allocation and compilation
-        state.warmed = True
-    start = time.perf_counter()
-    output = state.runner(crop)
-    elapsed = time.perf_counter() - start
-    logits = np.asarray(output, dtype=np.float32)
-    if logits.size != NUM_CLASSES or logits.ndim > 2:
-        raise ValueError(f"returned shape {logits.shape}, expected (1, {NUM_CLASSES})")
-    return logits.reshape(NUM_CLASSES), elapsed
 
 
 def _size_mb(path: str | os.PathLike | None) -> float | None:
@@ -249,135 +447,65 @@ def _resolve_reference(
     )
 
 
-def _predictions_row(
-    predictions: Predictions, keys: list[str], hashes: dict[str, str | None], names: list[str]
-) -> ArtifactResult:
-    by_key = {
-        k: (i, s) for i, (k, s) in enumerate(zip(predictions.keys, predictions.sha256, strict=True))
-    }
-    logits = np.full((len(keys), NUM_CLASSES), np.nan, dtype=np.float32)
-    scored = np.zeros(len(keys), dtype=bool)
-    changed = 0
-    for row, key in enumerate(keys):
-        if key not in by_key:
-            continue
-        index, sha = by_key[key]
-        if sha and hashes.get(key) and sha != hashes[key]:
-            changed += 1
-            continue
-        logits[row] = predictions.logits[index]
-        scored[row] = True
+def _predictions_row(predictions: Predictions, names: list[str]) -> dict:
     note = f"reference logits from {predictions.path}, audited elsewhere; latency not measured here"
-    missing = len(keys) - int(scored.sum()) - changed
-    if missing or changed:
-        note += f"; covers {int(scored.sum())} of {len(keys)} images"
-        note += f" ({missing} missing, {changed} with different bytes)"
     name = predictions.name if predictions.name not in names else f"{predictions.name} [reference]"
-    return ArtifactResult(
-        name=name,
-        target=predictions.target,
-        recipe=predictions.recipe,
-        note=note,
-        size_mb=None,
-        is_reference=True,
-        logits=logits,
-        scored=scored,
-    )
+    return {
+        "name": name,
+        "target": predictions.target,
+        "recipe": predictions.recipe,
+        "note": note,
+        "size_mb": None,
+        "is_reference": True,
+        "source": "predictions",
+        "file": _file_identity(predictions.path),
+    }
 
 
-# --- metrics -------------------------------------------------------------------------------------
+def _predictions_index(predictions: Predictions) -> dict[str, tuple[int, str]]:
+    pairs = zip(predictions.keys, predictions.sha256, strict=True)
+    return {key: (i, sha) for i, (key, sha) in enumerate(pairs)}
 
 
-def _finish(
-    samples: list[Sample],
-    readable: np.ndarray,
-    states: list[_State],
-    predictions: Predictions | None,
-    hashes: dict[str, str | None],
-    errors: list[dict],
-    reference_runner: Runner | None,
+# --- in memory -----------------------------------------------------------------------------------
+
+
+def run_audit(
+    runners: Sequence[Runner],
+    samples: Sequence[Sample],
+    reference: Runner | Predictions | str | os.PathLike | None = None,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> AuditResult:
-    keys = [s.key for s, ok in zip(samples, readable, strict=True) if ok]
-    rows = []
-    for state in states:
-        row = state.row
-        row.logits, row.scored = row.logits[readable], row.scored[readable]
-        row.errors = list(errors) + row.errors
-        if state.skipped:
-            row.errors.append(
-                {
-                    "file": None,
-                    "reason": (
-                        f"gave up after {MAX_CONSECUTIVE_FAILURES} consecutive failures; "
-                        f"{state.skipped} images not run"
-                    ),
-                }
-            )
-        rows.append(row)
-    if predictions is not None:
-        row = _predictions_row(predictions, keys, hashes, [r.name for r in rows])
-        row.errors = list(errors)
-        rows.insert(0, row)
-    reference = next((r for r in rows if r.is_reference), None)
-    labels = np.array(
-        [s.label for s, ok in zip(samples, readable, strict=True) if ok], dtype=np.int64
-    )
-    for row in rows:
-        row.metrics = artifact_metrics(row, labels, None if row is reference else reference)
-        row.note = _notes(row)
-    return AuditResult(
-        keys=keys,
-        sources=[s.source for s, ok in zip(samples, readable, strict=True) if ok],
-        labels=labels,
-        n_images=len(samples),
-        errors=errors,
-        hashes=hashes,
-        artifacts=rows,
-        reference=reference.name if reference is not None else None,
-    )
+    """Run every runner on every readable sample and compute the metrics (no files kept).
 
+    The chunks go to a scratch folder that lives as long as the result (so that
+    ``result.write_predictions`` and ``result.logits(i)`` can read them).
 
-def artifact_metrics(
-    row: ArtifactResult, labels: np.ndarray, reference: ArtifactResult | None
-) -> ArtifactMetrics:
-    """Accuracy of ``row`` and, given a reference row, its agreement and fidelity to it."""
-    mask = row.scored
-    result = ArtifactMetrics(n=int(mask.sum()))
-    if result.n:
-        result.top1 = metrics.Proportion.of(metrics.topk_hits(row.logits[mask], labels[mask], 1))
-        result.top5 = metrics.Proportion.of(metrics.topk_hits(row.logits[mask], labels[mask], 5))
-    if row.latencies_ms:
-        result.latency_ms = metrics.latency_percentiles(np.array(row.latencies_ms))
-    if reference is None:
-        return result
-    both = mask & reference.scored
-    result.n_compared = int(both.sum())
-    if not result.n_compared:
-        return result
-    x, ref, y = row.logits[both], reference.logits[both], labels[both]
-    result.agreement_top1 = metrics.agreement_top1(x, ref)
-    result.mcnemar_p = metrics.mcnemar_exact_p(
-        metrics.topk_hits(x, y, 1), metrics.topk_hits(ref, y, 1)
-    )
-    result.cosine_mean = metrics.cosine_mean(x, ref)
-    result.snr_db = metrics.snr_db(x, ref)
-    result.kl_mean = metrics.kl_mean(x, ref)
+    Args:
+        runners: the artifacts to audit.
+        samples: labelled images (e.g. ``Dataset.samples``); audited in key order.
+        reference: a runner's name, a runner (audited as an extra first row if not in
+            ``runners``), :class:`Predictions`, or a ``predictions.npz`` path (``FILE.npz#NAME``
+            picks an artifact); ``None`` leaves the comparison metrics ``None``.
+        progress: show a tqdm bar (if tqdm is installed).
+        workers: decode threads.
+
+    Returns:
+        An :class:`AuditResult` with metrics filled in.
+
+    Raises:
+        UsageError: no runners, duplicate names, or an unknown reference.
+    """
+    scratch = tempfile.TemporaryDirectory(prefix="edge-convnext-audit-")
+    try:
+        part = run_part(runners, samples, scratch.name, reference, False, progress, None, workers)
+        result, _ = audit_parts.score(audit_parts.load_parts([part.part]))
+    except BaseException:
+        scratch.cleanup()
+        raise
+    result.keepalive = scratch
     return result
-
-
-def _notes(row: ArtifactResult) -> str | None:
-    notes = [row.note] if row.note else []
-    if row.is_reference:
-        notes.append("reference for agreement, McNemar, cosine, SNR and KL")
-    m = row.metrics
-    if m.n_compared is not None and m.n_compared < m.n:
-        notes.append(f"compared with the reference on {m.n_compared} of {m.n} images")
-    if m.snr_db == float("inf"):
-        notes.append("logits identical to the reference (SNR infinite)")
-    non_finite = int(np.count_nonzero(~np.isfinite(row.logits[row.scored]).all(axis=1)))
-    if non_finite:
-        notes.append(f"non-finite logits on {non_finite} images")
-    return "; ".join(notes) or None
 
 
 # --- audit and report ----------------------------------------------------------------------------
@@ -475,25 +603,75 @@ def audit(
     exclude: Iterable[str | os.PathLike] = (),
     progress: bool = True,
     allow_outside: bool = False,
+    shard: Shard | None = None,
+    resume: bool = False,
+    workers: int | None = None,
 ) -> AuditRun:
     """:func:`run`, returning an :class:`AuditRun` that says what failed.
 
     The report set is one unit: the old ``report.json`` is removed before anything is written
     and the new one written last, carrying a run id that ``predictions.npz`` carries too, so an
     interrupted audit never leaves a report beside predictions or a manifest of another run.
+
+    While it runs, the per-image results are committed chunk by chunk under ``out/part/``
+    (removed once the report is written); ``resume=True`` keeps the chunks a killed run of the
+    same audit committed there and scores only the rest.
+
+    With ``shard=Shard(K, N)`` only that shard's images are scored and ``out`` becomes a part
+    folder (``plan.json``, ``chunks/``, ``done.json``, and a ``report.json``/``report.md`` of
+    the shard alone); :func:`merge` combines the N parts into the full report set.
     """
     dataset = select_dataset(
         data, layout, labels_file, per_class, limit, seed, manifest, exclude, allow_outside
     )
-    result = run_audit(models, dataset.samples, reference=reference, progress=progress)
-    result.run_id = uuid.uuid4().hex
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").unlink(missing_ok=True)
+    selection = Selection.of(dataset, shard)
+    samples = dataset.samples if shard is None else shard.select(dataset.samples)
+    part = out if shard is not None else out / PART_DIR
+    run_part(models, samples, part, reference, resume, progress, selection, workers)
+    parts = audit_parts.load_parts([part])
+    if shard is None:
+        outcome = _write_report_set(parts, out)
+        shutil.rmtree(part, ignore_errors=True)
+        return outcome
+    result, part_dataset = audit_parts.score(parts)
+    result.run_id = uuid.uuid4().hex
+    report_path = report.write_report(result, part_dataset, out)
+    return _outcome(report_path, result, _runner_names(parts[0]))
+
+
+def merge(
+    parts: Sequence[str | os.PathLike], out: str | os.PathLike, progress: bool = True
+) -> AuditRun:
+    """Combine complete parts of one audit into the full report set in ``out``.
+
+    The parts must share one plan (artifacts, reference, image selection) and their shards must
+    be disjoint and cover the selection (UsageError otherwise). Writes what :func:`audit` writes
+    (``report.json``, ``report.md``, plots, ``predictions.npz``, ``manifest.json``), equal to an
+    unsharded run's except for timing fields and paths. ``progress`` is accepted for symmetry
+    with :func:`audit` (merging shows no bar).
+    """
+    loaded = audit_parts.load_parts(parts)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)
+    return _write_report_set(loaded, out)
+
+
+def _write_report_set(parts: list[audit_parts.Part], out: Path) -> AuditRun:
+    """predictions.npz, manifest.json, then the report (last) of complete ``parts``."""
+    result, dataset = audit_parts.score(parts)
+    result.run_id = uuid.uuid4().hex
     result.write_predictions(out / "predictions.npz")
     manifest_sha = dataset.write_manifest(out / "manifest.json", result.hashes)
     report_path = report.write_report(result, dataset, out, out / "manifest.json", manifest_sha)
-    return _outcome(report_path, result, [m.name for m in models])
+    return _outcome(report_path, result, _runner_names(parts[0]))
+
+
+def _runner_names(part: audit_parts.Part) -> list[str]:
+    return [r["name"] for r in part.plan["rows"] if r["source"] == "runner"]
 
 
 def _outcome(report_path: Path, result: AuditResult, names: list[str]) -> AuditRun:

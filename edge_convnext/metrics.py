@@ -124,12 +124,18 @@ def mcnemar_exact_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
 
 def cosine_mean(logits: np.ndarray, reference: np.ndarray) -> float:
     """Mean over rows of the cosine similarity between logit vectors (float64)."""
+    return float(np.mean(cosine_rows(logits, reference)))
+
+
+def cosine_rows(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-row cosine similarity between logit vectors, float64 ``(N,)`` (chunk by chunk, the
+    mean of these equals :func:`cosine_mean` of all rows)."""
     x = np.asarray(logits, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)
     dot = np.sum(x * ref, axis=1)
     norms = np.linalg.norm(x, axis=1) * np.linalg.norm(ref, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return float(np.mean(dot / norms))
+        return dot / norms
 
 
 def snr_db(logits: np.ndarray, reference: np.ndarray) -> float:
@@ -139,8 +145,11 @@ def snr_db(logits: np.ndarray, reference: np.ndarray) -> float:
     """
     x = np.asarray(logits, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)
-    noise = float(np.sum((x - ref) ** 2))
-    signal = float(np.sum(ref**2))
+    return snr_db_of_sums(float(np.sum(ref**2)), float(np.sum((x - ref) ** 2)))
+
+
+def snr_db_of_sums(signal: float, noise: float) -> float:
+    """:func:`snr_db` from ``sum ref^2`` and ``sum (x - ref)^2`` (e.g. summed chunk by chunk)."""
     if noise == 0.0:
         return math.inf
     if signal == 0.0:
@@ -178,10 +187,15 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def kl_mean(logits: np.ndarray, reference: np.ndarray) -> float:
     """Mean over rows of ``KL(softmax(reference) || softmax(logits))`` in nats (float64)."""
+    return float(np.mean(kl_rows(logits, reference)))
+
+
+def kl_rows(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-row ``KL(softmax(reference) || softmax(logits))`` in nats, float64 ``(N,)``, >= 0."""
     log_q = _log_softmax(np.asarray(logits, dtype=np.float64))
     log_p = _log_softmax(np.asarray(reference, dtype=np.float64))
     kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=1)
-    return float(np.mean(np.maximum(kl, 0.0)))
+    return np.maximum(kl, 0.0)
 
 
 def latency_percentiles(latencies_ms: np.ndarray) -> dict[str, float]:

@@ -30,8 +30,14 @@ def build_report(
     manifest: str | os.PathLike | None = None,
     manifest_sha256: str | None = None,
 ) -> dict:
-    """The ``report.json`` document: ``{"artifacts": [...], "dataset": {...}}``."""
-    return {
+    """The ``report.json`` document: ``{"artifacts": [...], "dataset": {...}, "timing": {...}}``.
+
+    ``timing`` (when measured): ``wall_s`` the scoring's wall time (decode, inference and
+    writing the chunks; summed over resumed runs and shards), ``inference_s`` the runtimes' own
+    time summed over the artifacts (``by_artifact``), ``decode_s`` the decode threads' time.
+    ``dataset.shard`` is there only in the report of one shard (``"K/N"``).
+    """
+    document = {
         "artifacts": [artifact_entry(row) for row in result.artifacts],
         "dataset": {
             "root": str(dataset.root),
@@ -45,6 +51,16 @@ def build_report(
             "manifest_sha256": manifest_sha256,
         },
     }
+    if result.shard:
+        document["dataset"]["shard"] = result.shard
+    if result.timing:
+        document["timing"] = _timing(result.timing)
+    return document
+
+
+def _timing(timing: dict) -> dict:
+    by_artifact = {name: _number(s) for name, s in timing["by_artifact"].items()}
+    return {**timing, "by_artifact": by_artifact}
 
 
 def artifact_entry(row: ArtifactResult) -> dict:
@@ -112,7 +128,8 @@ def report_markdown(
 ) -> str:
     """A readable summary of ``report`` (as built by :func:`build_report`)."""
     dataset = report["dataset"]
-    lines = ["# Accuracy audit", "", *_dataset_lines(dataset, reference), ""]
+    lines = ["# Accuracy audit", "", *_dataset_lines(dataset, reference)]
+    lines += [*_timing_lines(report.get("timing")), ""]
     lines += _table(report["artifacts"])
     notes = [
         f"- **{a['artifact']}** ({a['target']}): {a['note']}"
@@ -123,7 +140,8 @@ def report_markdown(
         "",
         "Top-1/top-5 in %, with Wilson 95 % intervals. Agreement: top-1 equal to the "
         "reference's. McNemar: exact two-sided p-value of top-1 correctness against the "
-        "reference. Latency: batch 1, runner call only, one warm-up call excluded. "
+        "reference. Latency: per image (runner call time / images per call), one warm-up "
+        "call excluded. "
         "MB = 10^6 bytes.",
     ]
     if notes:
@@ -136,6 +154,15 @@ def report_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _timing_lines(timing: dict | None) -> list[str]:
+    if not timing:
+        return []
+    return [
+        f"- Time: {timing['wall_s']:.1f} s wall for scoring, {timing['inference_s']:.1f} s in "
+        f"the runtimes, {timing['decode_s']:.1f} s decoding on {timing['decode_workers']} threads"
+    ]
+
+
 def _dataset_lines(dataset: dict, reference: str | None) -> list[str]:
     subset = (
         ", ".join(f"{k}={dataset[k]}" for k in ("per_class", "limit") if dataset[k] is not None)
@@ -143,8 +170,9 @@ def _dataset_lines(dataset: dict, reference: str | None) -> list[str]:
     )
     manifest = dataset["manifest"]
     sha = dataset["manifest_sha256"]
+    shard = f", shard {dataset['shard']}" if dataset.get("shard") else ""
     lines = [
-        f"- Data: `{dataset['root']}` ({dataset['layout']} layout)",
+        f"- Data: `{dataset['root']}` ({dataset['layout']} layout){shard}",
         f"- Images: {dataset['n_images']} ({dataset['n_unreadable']} unreadable, excluded), "
         f"subset: {subset}, seed {dataset['seed']}",
     ]

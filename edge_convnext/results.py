@@ -7,9 +7,10 @@ Torch-free.
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from . import atomic, metrics
 from .errors import ArtifactError, UsageError, choices
 
 PREDICTIONS_FORMAT = "edge-convnext-predictions"
+NUM_CLASSES = 1000
 PREDICTIONS_VERSION = 1
 
 
@@ -56,24 +58,25 @@ class Predictions:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError) as error:
+                found = str(npz["format"]) if "format" in npz.files else ""
+                if found != PREDICTIONS_FORMAT:
+                    raise ArtifactError(f"{path}: not an edge-convnext predictions.npz")
+                _check_same_run(path, str(npz["run_id"]) if "run_id" in npz.files else "")
+                names = [str(n) for n in npz["names"]]
+                index = _pick_artifact(path, names, artifact, str(npz["reference"]))
+                scored = npz[f"scored_{index}"]
+                # Only this artifact's logits are read: the file may hold many of 50,000 rows.
+                return cls(
+                    path=path,
+                    name=names[index],
+                    target=str(npz["targets"][index]),
+                    recipe=str(npz["recipes"][index]),
+                    keys=[str(k) for k in npz["keys"][scored]],
+                    sha256=[str(s) for s in npz["sha256"][scored]],
+                    logits=npz[f"logits_{index}"][scored].astype(np.float32),
+                )
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
             raise ArtifactError(f"{path}: cannot read predictions ({error})") from None
-        if str(arrays.get("format", "")) != PREDICTIONS_FORMAT:
-            raise ArtifactError(f"{path}: not an edge-convnext predictions.npz")
-        _check_same_run(path, str(arrays.get("run_id", "")))
-        names = [str(n) for n in arrays["names"]]
-        index = _pick_artifact(path, names, artifact, str(arrays["reference"]))
-        scored = arrays[f"scored_{index}"]
-        return cls(
-            path=path,
-            name=names[index],
-            target=str(arrays["targets"][index]),
-            recipe=str(arrays["recipes"][index]),
-            keys=[str(k) for k in arrays["keys"][scored]],
-            sha256=[str(s) for s in arrays["sha256"][scored]],
-            logits=arrays[f"logits_{index}"][scored].astype(np.float32),
-        )
 
 
 def _check_same_run(path: Path, run_id: str) -> None:
@@ -118,7 +121,9 @@ class ArtifactMetrics:
         mcnemar_p: exact McNemar p-value of top-1 correctness against the reference.
         cosine_mean, snr_db, kl_mean: logit fidelity against the reference.
         n_compared: images compared with the reference.
-        latency_ms: ``{"p50", "p90"}`` batch-1 latency, ``None`` if not measured here.
+        latency_ms: ``{"p50", "p90"}`` per-image latency, ``None`` if not measured here.
+        inference_s: the runtime's own time over all images (sum of timed calls), ``None`` if
+            not measured here.
     """
 
     n: int
@@ -131,22 +136,25 @@ class ArtifactMetrics:
     kl_mean: float | None = None
     n_compared: int | None = None
     latency_ms: dict[str, float] | None = None
+    inference_s: float | None = None
 
 
 @dataclass
 class ArtifactResult:
-    """One row of the audit: an artifact's logits over the readable images and its numbers.
+    """One row of the audit: which readable images an artifact scored, and its numbers.
+
+    The logits themselves stay on disk (in the audit's chunks) and are streamed into
+    ``predictions.npz`` by :meth:`AuditResult.write_predictions`.
 
     Attributes:
         name, target, recipe: as the runner gave them.
         note: caveats for the report (the runner's own, then the audit's), or ``None``.
         size_mb: artifact size in MB (10^6 bytes), ``None`` without a path.
         is_reference: whether the other rows are compared with this one.
-        logits: ``float32 (n_readable, 1000)``, NaN rows where not scored.
-        scored: boolean ``(n_readable,)``.
-        latencies_ms: per scored image, in scoring order.
+        scored: boolean ``(n_readable,)``, aligned with :attr:`AuditResult.keys`.
+        latencies_ms: per scored image, in key order.
         errors: ``[{"file", "reason"}]``: unreadable images, then this runner's failures.
-        metrics: filled in by :func:`edge_convnext.audit.run_audit`.
+        metrics: filled in when the audit is scored.
     """
 
     name: str
@@ -155,7 +163,6 @@ class ArtifactResult:
     note: str | None
     size_mb: float | None
     is_reference: bool
-    logits: np.ndarray
     scored: np.ndarray
     latencies_ms: list[float] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
@@ -173,6 +180,11 @@ class AuditResult:
         hashes: sha256 of every image's bytes by key (``None`` if the bytes could not be read).
         artifacts: one row per artifact, the reference first when it is not one of the runners.
         reference: name of the reference row, or ``None``.
+        run_id: ties ``predictions.npz`` to the ``report.json`` of the same audit.
+        timing: ``{"wall_s", "inference_s", "decode_s", "by_artifact", ...}`` (see the report).
+        shard: ``"K/N"`` when this result covers one shard only.
+        logit_blocks: ``logit_blocks(i)`` yields artifact ``i``'s ``float32`` logits of the
+            readable images in key order, block by block (NaN rows where not scored).
     """
 
     keys: list[str]
@@ -183,10 +195,22 @@ class AuditResult:
     hashes: dict[str, str | None]
     artifacts: list[ArtifactResult]
     reference: str | None = None
-    run_id: str = ""  # ties predictions.npz to the report.json of the same audit
+    run_id: str = ""
+    timing: dict | None = None
+    shard: str | None = None
+    logit_blocks: Callable[[int], Iterable[np.ndarray]] | None = field(default=None, repr=False)
+    keepalive: object = field(default=None, repr=False, compare=False)  # e.g. a scratch folder
+
+    def logits(self, index: int) -> np.ndarray:
+        """Artifact ``index``'s logits ``float32 (n_readable, 1000)`` in RAM (small audits)."""
+        blocks = list(self.logit_blocks(index)) if self.logit_blocks else []
+        return np.concatenate(blocks) if blocks else np.zeros((0, NUM_CLASSES), np.float32)
 
     def write_predictions(self, path: str | os.PathLike) -> Path:
-        """Write ``predictions.npz`` (keys, labels, sha256 and logits per artifact) atomically."""
+        """Write ``predictions.npz`` (keys, labels, sha256 and logits per artifact) atomically.
+
+        The logits are streamed into the zip block by block, never held whole in RAM.
+        """
         arrays = {
             "format": np.array(PREDICTIONS_FORMAT),
             "version": np.array(PREDICTIONS_VERSION),
@@ -200,8 +224,30 @@ class AuditResult:
             "run_id": np.array(self.run_id),
         }
         for i, artifact in enumerate(self.artifacts):
-            arrays[f"logits_{i}"] = artifact.logits
-            arrays[f"scored_{i}"] = artifact.scored
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return atomic.write_bytes(path, buffer.getvalue())
+            arrays[f"scored_{i}"] = np.asarray(artifact.scored, dtype=bool)
+        shape = (len(self.keys), NUM_CLASSES)
+        with (
+            atomic.atomic_path(path) as staged,
+            zipfile.ZipFile(staged, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+        ):
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+            for i in range(len(self.artifacts)):
+                blocks = self.logit_blocks(i) if self.logit_blocks else ()
+                with archive.open(f"logits_{i}.npy", "w", force_zip64=True) as member:
+                    _write_streamed(member, shape, blocks)
+        return Path(path)
+
+
+def _write_streamed(member, shape: tuple[int, int], blocks: Iterable[np.ndarray]) -> None:
+    """An ``.npy`` of ``float32 shape`` from row blocks, written as they come."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(member, header)
+    rows = 0
+    for block in blocks:
+        block = np.ascontiguousarray(block, dtype="<f4")
+        member.write(memoryview(block).cast("B"))
+        rows += len(block)
+    if rows != shape[0]:
+        raise RuntimeError(f"predictions: {rows} logit rows streamed, expected {shape[0]}")

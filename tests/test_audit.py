@@ -97,7 +97,7 @@ def test_full_report(data_root, tmp_path):
         progress=False,
     )
     report = _report(path)
-    assert set(report) == {"artifacts", "dataset", "run"}
+    assert set(report) == {"artifacts", "dataset", "run", "timing"}
     assert set(report["dataset"]) == DATASET_KEYS
     reference, quantized = report["artifacts"]
     for row in report["artifacts"]:
