@@ -109,6 +109,64 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
 
 
+EXTERNAL_HELP = _section(
+    """
+    artifacts made elsewhere:
+      A .tflite, .pte, .mlpackage or .onnx (needs onnxruntime) ImageNet-1k classifier with no
+      sidecar <artifact>.json of ours runs when its preprocessing is given: --resize N (shortest
+      edge; none: warp to the crop) --crop N --interpolation bilinear|bicubic|nearest --mean R,G,B
+      --std R,G,B (in [0, 1] units, as a Hugging Face preprocessor config: (x - 127) / 128 on
+      0..255 pixels is --mean 0.498,0.498,0.498 --std 0.502,0.502,0.502) and, if the input
+      shape does not say it, --input-layout nhwc|nchw. The input dtype and the scale/zero
+      point of a quantized input are read from the artifact: a float input gets the
+      normalized values, a quantized one the same values quantized, a uint8 input without
+      quantization raw 0..255 pixels. Output: 1000 logits, or 1001 with background class 0
+      (dropped); labels are ImageNet-1k's in sorted-wnid order.
+      --preprocess FILE gives the same facts as JSON, keys named like the flags:
+        {"resize": 256, "crop": 224, "interpolation": "bilinear",
+         "mean": [0.498, 0.498, 0.498], "std": [0.502, 0.502, 0.502], "input_layout": "nhwc"}
+      flags given beside it override its keys. An artifact with its sidecar, and a checkpoint,
+      always use their own preprocessing: the flags apply only to artifacts without one, and
+      are refused (exit 2) when no model needs them.
+    """
+)
+
+
+def _add_external_input(parser: argparse.ArgumentParser) -> None:
+    """The flags of an artifact made elsewhere (see :data:`EXTERNAL_HELP`)."""
+    group = parser.add_argument_group("artifacts made elsewhere (no sidecar; see below)")
+    group.add_argument("--resize", metavar="N", help="shortest edge before the crop (or none)")
+    group.add_argument("--crop", metavar="N", help="centre crop side")
+    group.add_argument("--interpolation", metavar="F", help="bilinear, bicubic or nearest")
+    group.add_argument("--mean", metavar="R,G,B", help="per-channel mean, [0, 1] units")
+    group.add_argument("--std", metavar="R,G,B", help="per-channel std, [0, 1] units")
+    group.add_argument(
+        "--input-layout", type=str.lower, choices=["nhwc", "nchw"], help="input tensor layout"
+    )
+    group.add_argument("--preprocess", metavar="FILE", help="the same facts as a JSON file")
+
+
+def _external_input(args):
+    """The ``ExternalInput`` the flags (over a ``--preprocess`` file) give, None if none."""
+    from .preprocess import EXTERNAL_FIELDS, ExternalInput, read_external_file
+
+    options = read_external_file(args.preprocess) if args.preprocess else {}
+    options.update(
+        {name: getattr(args, name) for name in EXTERNAL_FIELDS if getattr(args, name) is not None}
+    )
+    return ExternalInput.from_options(options) if options else None
+
+
+def _check_external_used(external, runners) -> None:
+    """Refuse preprocessing flags that no model takes (each has a sidecar or is a checkpoint)."""
+    if external is not None and not any(getattr(r, "external", None) for r in runners):
+        raise UsageError(
+            "--resize/--crop/--interpolation/--mean/--std/--input-layout/--preprocess are for "
+            "artifacts made elsewhere (no sidecar manifest); every model given carries its own "
+            "preprocessing (sidecar or checkpoint config): drop them"
+        )
+
+
 def _add_predict(commands) -> None:
     parser = commands.add_parser(
         "predict",
@@ -159,8 +217,12 @@ def _add_predict(commands) -> None:
               ls shots/*.png | edge-convnext predict model.tflite - --json
               edge-convnext predict model.tflite --watch incoming/ --json
               edge-convnext predict model.tflite cat.jpg --bench 50
+              edge-convnext predict efficientnet_lite0.tflite cat.jpg --resize 256 --crop 224 \\
+                  --interpolation bilinear --mean 0.498,0.498,0.498 --std 0.502,0.502,0.502
             """
-        ),
+        )
+        + "\n\n"
+        + EXTERNAL_HELP,
     )
     parser.add_argument("model", metavar="MODEL", help="Hub id, checkpoint dir, seed, or artifact")
     parser.add_argument(
@@ -202,6 +264,7 @@ def _add_predict(commands) -> None:
     timing.add_argument(
         "--warmup", type=_number(int, 1), default=3, metavar="W", help="untimed runs first (3)"
     )
+    _add_external_input(parser)
     _add_model_source(parser)
     parser.set_defaults(run=_run_predict)
 
@@ -240,9 +303,17 @@ def _run_predict(args) -> int:
     from .runners import open_runner
 
     _check_predict_args(args)
+    external = _external_input(args)
     start = time.perf_counter()
-    runner = open_runner(args.model, random=args.random_init, seed=args.seed, threads=args.threads)
+    runner = open_runner(
+        args.model,
+        random=args.random_init,
+        seed=args.seed,
+        threads=args.threads,
+        external=external,
+    )
     load_ms = (time.perf_counter() - start) * 1e3
+    _check_external_used(external, [runner])
     if runner.note:
         print(f"note: {runner.note}", file=sys.stderr)
     if args.top_k > len(runner.labels):
@@ -447,7 +518,12 @@ def _add_qat(commands) -> None:
               edge-convnext qat facebook/convnext-tiny-224 --target executorch --data train/ \\
                   --steps 300 --out convnext.qat.pt --resume      # after an interruption
               edge-convnext export --target executorch --recipe w8a8-qat --from-qat convnext.qat.pt
+              torchrun --nproc-per-node 2 -m edge_convnext qat facebook/convnext-tiny-224 \\
+                  --target executorch --data train/ --steps 300 --out convnext.qat.pt
 
+            Under torchrun, QAT is data-parallel: each process trains on its slice of the same
+            global batch (--batch-size, a multiple of the process count); rank 0 calibrates,
+            checkpoints and prints. With --device cuda each process takes cuda:LOCAL_RANK.
             Keep the images you audit on out of --data.
             """
         ),
@@ -484,6 +560,11 @@ def _add_qat(commands) -> None:
         "--contract", default=contracts.DEFAULT.name, choices=sorted(contracts.CONTRACTS)
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--backend",
+        choices=["gloo", "nccl"],
+        help="torch.distributed backend under torchrun (default: nccl on cuda, gloo on cpu)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_source(parser)
     parser.set_defaults(run=_run_qat)
@@ -493,6 +574,7 @@ def _run_qat(args) -> int:
     from pathlib import Path
 
     from .pipeline import prepare_model
+    from .quantize.data_parallel import session
     from .quantize.qat import train
     from .quantize.recipes import QATConfig
 
@@ -504,22 +586,25 @@ def _run_qat(args) -> int:
         checkpoint_every=args.checkpoint_every,
         seed=args.train_seed,
     )
-    run = train(
-        args.model,
-        args.target,
-        Path(args.data),
-        Path(args.out),
-        config,
-        load_model=prepare_model,
-        contract=args.contract,
-        images=args.images,
-        random_init=args.random_init,
-        model_seed=args.seed,
-        resume=args.resume,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    print(f"{args.out}  (step {run.step_index}, last KL {run.losses[-1]:.4g})")
+    with session(args.device, args.backend) as group:  # data-parallel under torchrun
+        run = train(
+            args.model,
+            args.target,
+            Path(args.data),
+            Path(args.out),
+            config,
+            load_model=prepare_model,
+            contract=args.contract,
+            images=args.images,
+            random_init=args.random_init,
+            model_seed=args.seed,
+            resume=args.resume,
+            device=group.device,
+            progress=not args.no_progress,
+            group=group,
+        )
+    if group.is_main:
+        print(f"{args.out}  (step {run.step_index}, last KL {run.losses[-1]:.4g})")
     return EXIT_OK
 
 
@@ -659,8 +744,13 @@ def _add_audit(commands) -> None:
               # on a Raspberry Pi, against predictions made on the host (no torch needed):
               edge-convnext audit model.tflite --data val/ --manifest host/manifest.json \\
                   --reference host/predictions.npz
+              # a classifier made elsewhere (no sidecar): its preprocessing on the command line
+              edge-convnext audit efficientnet_lite0.tflite --data val/ --resize 256 --crop 224 \\
+                  --interpolation bilinear --mean 0.498,0.498,0.498 --std 0.502,0.502,0.502
             """
-        ),
+        )
+        + "\n\n"
+        + EXTERNAL_HELP,
     )
     parser.add_argument(
         "models",
@@ -712,6 +802,7 @@ def _add_audit(commands) -> None:
         help="build model arguments that name a seed with seeded random weights",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_external_input(parser)
     parser.set_defaults(run=_run_audit)
 
 
@@ -721,11 +812,18 @@ def _run_audit(args) -> int:
     from . import audit
     from .runners import calibration_keys, open_runner
 
+    external = _external_input(args)
     runners, unloadable = [], []
     for ref in args.models:
         try:
             runners.append(
-                open_runner(ref, random=args.random_init, seed=args.seed, threads=args.threads)
+                open_runner(
+                    ref,
+                    random=args.random_init,
+                    seed=args.seed,
+                    threads=args.threads,
+                    external=external,
+                )
             )
         except UsageError:
             raise
@@ -744,8 +842,13 @@ def _run_audit(args) -> int:
     names = {runner.name for runner in runners}
     if reference and reference not in names and ".npz" not in reference:
         reference = open_runner(
-            reference, random=args.random_init, seed=args.seed, threads=args.threads
+            reference,
+            random=args.random_init,
+            seed=args.seed,
+            threads=args.threads,
+            external=external,
         )
+    _check_external_used(external, [*runners, reference])
     outcome = audit.audit(
         runners,
         args.data,

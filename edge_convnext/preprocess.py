@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,6 +80,120 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: dict) -> Preprocessing:
         return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
+
+# --- classifiers made elsewhere -------------------------------------------------------------------
+
+INPUT_LAYOUTS = ("NHWC", "NCHW")
+# The facts an artifact without our sidecar needs, as --preprocess FILE keys: each is also a flag
+# (``input_layout`` is ``--input-layout``). Values as on the command line or as JSON numbers/lists.
+EXTERNAL_FIELDS = ("resize", "crop", "interpolation", "mean", "std", "input_layout")
+REQUIRED_FIELDS = ("resize", "crop", "interpolation", "mean", "std")
+
+
+@dataclass(frozen=True)
+class ExternalInput:
+    """How to feed an ImageNet classifier made elsewhere (an artifact with no sidecar of ours).
+
+    Attributes:
+        preprocessing: resize, centre crop, filter and the [0, 1]-unit mean/std.
+        layout: ``NHWC`` or ``NCHW``; ``None``: read from the input tensor's shape.
+
+    The input's dtype, and the scale/zero point of a quantized input, come from the artifact.
+    """
+
+    preprocessing: Preprocessing
+    layout: str | None = None
+
+    @classmethod
+    def from_options(cls, options: dict) -> ExternalInput:
+        """Build from :data:`EXTERNAL_FIELDS` values (flags or a ``--preprocess`` file).
+
+        Raises:
+            UsageError: a field is missing, unknown or out of range (the message names it).
+        """
+        unknown = sorted(set(options) - set(EXTERNAL_FIELDS))
+        if unknown:
+            raise UsageError(
+                f"preprocessing: unknown field(s) {', '.join(map(repr, unknown))}; valid: "
+                f"{', '.join(map(repr, EXTERNAL_FIELDS))}"
+            )
+        missing = [name for name in REQUIRED_FIELDS if options.get(name, ...) is ...]
+        if missing:
+            flags = " ".join(f"--{name}" for name in missing)
+            raise UsageError(f"preprocessing of an artifact made elsewhere: also give {flags}")
+        crop = _integer(options["crop"], "crop", 1)
+        resize = options["resize"]
+        resize = None if resize in (None, "none") else _integer(resize, "resize", crop)
+        resample = str(options["interpolation"]).lower()
+        if resample not in _RESAMPLE:
+            raise UsageError(
+                f"--interpolation {resample!r}: expected one of {', '.join(RESAMPLE_NAMES)}"
+            )
+        layout = options.get("input_layout")
+        if layout is not None and str(layout).upper() not in INPUT_LAYOUTS:
+            raise UsageError(f"--input-layout {layout!r}: expected nhwc or nchw")
+        return cls(
+            Preprocessing(
+                crop_size=crop,
+                resize_shortest=resize,
+                resample=resample,
+                mean=_triple(options["mean"], "mean", positive=False),
+                std=_triple(options["std"], "std", positive=True),
+            ),
+            None if layout is None else str(layout).upper(),
+        )
+
+
+def read_external_file(path: str | os.PathLike) -> dict:
+    """The fields of a ``--preprocess FILE``: a JSON object with :data:`EXTERNAL_FIELDS` keys.
+
+    Raises:
+        UsageError: no such file, not JSON, or not an object (NotFoundError when missing).
+    """
+    import json
+
+    from .errors import NotFoundError
+
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"--preprocess {path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"--preprocess {path}: not a JSON file ({error})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--preprocess {path}: expected a JSON object of {EXTERNAL_FIELDS}")
+    return data
+
+
+def _integer(value, name: str, low: int) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UsageError(f"--{name} {value!r}: expected an integer")
+    if not low <= value <= 8192:
+        raise UsageError(f"--{name} {value}: expected an integer in {low}..8192")
+    return value
+
+
+def _triple(value, name: str, positive: bool) -> tuple[float, float, float]:
+    """``R,G,B`` (text or a list of 3 numbers) as three finite floats (``> 0`` if ``positive``)."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        numbers = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != 3 or not all(np.isfinite(numbers)) or any(abs(v) > 1e3 for v in numbers):
+        raise UsageError(f"--{name} {value!r}: expected 3 numbers R,G,B in [0, 1] units")
+    if positive and min(numbers) <= 0:
+        raise UsageError(f"--{name} {value!r}: expected 3 numbers > 0")
+    if max(numbers) > 1 or (not positive and min(numbers) < 0):
+        raise UsageError(
+            f"--{name} {value!r}: expected [0, 1] units, as in a Hugging Face preprocessor "
+            "config; divide 0..255 values by 255"
+        )
+    return numbers
 
 
 def open_rgb(path: str | os.PathLike, max_megapixels: float = MAX_MEGAPIXELS) -> Image.Image:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import manifest as manifests
 from . import targets
-from .errors import UsageError
-from .preprocess import normalize
+from .errors import ArtifactError, NotFoundError, UsageError
+from .preprocess import ExternalInput, normalize
+from .targets.runner import ArtifactRunner
 
 
 class TorchRunner:
@@ -42,15 +44,111 @@ class TorchRunner:
             return self.loaded.module(pixels).numpy()
 
 
-def open_runner(ref: str, *, random: bool = False, seed: int = 0, threads: int | None = None):
-    """A runner for an artifact file (by suffix) or a checkpoint (Hub id / dir / random seed)."""
+def open_runner(
+    ref: str,
+    *,
+    random: bool = False,
+    seed: int = 0,
+    threads: int | None = None,
+    external: ExternalInput | None = None,
+):
+    """A runner for an artifact file (by suffix) or a checkpoint (Hub id / dir / random seed).
+
+    ``external`` is the preprocessing for an artifact made elsewhere (no sidecar ``.json``
+    beside it; ``.onnx`` files are always such). An artifact with its sidecar, and a checkpoint,
+    use their own preprocessing and ignore it; the runner's ``external`` says which used it.
+
+    Raises:
+        UsageError: an artifact without a sidecar and no ``external`` (the message names the
+            flags to give).
+    """
+    if not random and Path(ref).suffix.lower() == ONNX_SUFFIX:
+        return OnnxRunner(Path(ref), _required(ref, external), threads=threads)
     target = None if random else targets.for_artifact(ref)
     if target is not None:
+        if Path(ref).exists() and not manifests.manifest_path(Path(ref)).exists():
+            return target.load(Path(ref), threads=threads, external=_required(ref, external))
         return target.load(Path(ref), threads=threads)
     _require_torch_side(ref)
     from . import models
 
     return TorchRunner(models.load(ref, random=random, seed=seed), threads=threads)
+
+
+EXTERNAL_FLAGS = (
+    "--resize N --crop N --interpolation bilinear|bicubic|nearest --mean R,G,B --std R,G,B "
+    "[--input-layout nhwc|nchw]"
+)
+
+
+def _required(ref: str, external: ExternalInput | None) -> ExternalInput:
+    """``external``, or the usage error that says what an artifact made elsewhere needs."""
+    if external is not None:
+        return external
+    raise UsageError(
+        f"{ref}: no sidecar manifest {manifests.manifest_path(Path(ref)).name} beside it, so "
+        "its preprocessing is unknown. For an artifact made by `edge-convnext export`, copy its "
+        f"sidecar beside it; for an ImageNet classifier made elsewhere give {EXTERNAL_FLAGS} "
+        "(mean/std in [0, 1] units) or --preprocess FILE (the same fields as JSON)"
+    )
+
+
+ONNX_SUFFIX = ".onnx"
+ONNX_HINT = "pip install onnxruntime"
+
+
+class OnnxRunner(ArtifactRunner):
+    """An ImageNet classifier in ONNX format, run by ONNX Runtime (CPU): always made elsewhere.
+
+    The input's dtype and shape come from the session; the preprocessing from ``external``.
+    """
+
+    target = "onnx"
+
+    def __init__(self, path: Path, external: ExternalInput, threads: int | None = None):
+        if not path.is_file():
+            raise NotFoundError(f"{path}: no such .onnx file")
+        super().__init__(path, external)
+        self.session, self.runtime = _onnx_session(path, threads)
+        self.threads = threads
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ArtifactError(
+                f"{path}: expected 1 input and 1 output, found {len(inputs)} and {len(outputs)}"
+            )
+        dtype = _ONNX_TYPES.get(inputs[0].type)
+        if dtype is None:
+            raise ArtifactError(f"{path}: input type {inputs[0].type} not supported")
+        self.input_name = inputs[0].name
+        shape = [n if isinstance(n, int) else 1 for n in inputs[0].shape]  # a symbolic batch
+        self.contract = self.external_contract(shape, dtype)
+        classes = (outputs[0].shape or [None])[-1]
+        self.check_classes(classes if isinstance(classes, int) else -1)
+
+    def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run(None, {self.input_name: batch})
+        return np.asarray(logits, dtype=np.float32).reshape(len(batch), -1)
+
+
+def _onnx_session(path: Path, threads: int | None):
+    """``(InferenceSession on the CPU, "onnxruntime 1.x")``."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ArtifactError(f"running .onnx files needs ONNX Runtime; {ONNX_HINT}") from None
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({error})") from None
+    return session, f"onnxruntime {onnxruntime.__version__}"
+
+
+_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
 
 
 # What loading a checkpoint imports; none of it is in the `pi` extra.

@@ -35,6 +35,7 @@ from edge_convnext.manifest import CalibrationSet, QuantizationRecord
 from edge_convnext.progress import bar as progress_bar
 
 from . import balance, gptq
+from .data_parallel import SINGLE, Group
 from .ptq import (
     PT2EScheme,
     QuantizedGraph,
@@ -78,6 +79,8 @@ class QATRun:
             teacher).
         ranges: PTQ's ranges for the student's fake-quants (:func:`calibrated_ranges`); None
             when a checkpoint's state, which holds them, is loaded next.
+        group: the processes training together (data-parallel under torchrun); call
+            :meth:`distribute` once every rank holds the same state.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class QATRun:
         device="cpu",
         start=None,
         ranges=None,
+        group: Group = SINGLE,
     ):
         from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
@@ -108,9 +112,16 @@ class QATRun:
         )
         self.step_index = 0
         self.losses: list[float] = []
+        self.group = group
+        self.forward = self.student
+
+    def distribute(self) -> None:
+        """Average the gradients over the group from now on (DistributedDataParallel)."""
+        self.forward = self.group.wrap(self.student)
 
     def step(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> float:
-        """One optimisation step on a batch (contract layout); returns the loss."""
+        """One optimisation step on a batch (contract layout, this rank's slice); returns the
+        loss of the global batch."""
         from torchao.quantization.pt2e import move_exported_model_to_train
 
         config = self.config
@@ -118,7 +129,7 @@ class QATRun:
         inputs = inputs.to(self.device)
         with torch.no_grad():
             teacher_logits = self.teacher(inputs)
-        student_logits = self.student(inputs)
+        student_logits = self.forward(inputs)
         loss = distillation_loss(student_logits, teacher_logits, config.temperature)
         if labels is not None and config.label_weight > 0:
             loss = loss + config.label_weight * F.cross_entropy(
@@ -128,7 +139,7 @@ class QATRun:
         loss.backward()
         self.optimizer.step()
         self.step_index += 1
-        self.losses.append(float(loss.detach()))
+        self.losses.append(self.group.mean(loss.detach()))
         return self.losses[-1]
 
     def finalize(self) -> QuantizedGraph:
@@ -313,14 +324,18 @@ def train(
     random_init: bool = False,
     model_seed: int = 0,
     resume: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     progress: bool = True,
+    group: Group = SINGLE,
 ) -> QATRun:
     """Run (or resume) QAT for ``target``'s ``w8a8-qat`` recipe; checkpoint to ``out``.
 
     Killed mid-run, the same call with ``resume=True`` continues from the last checkpoint and
     ends at the same weights as an uninterrupted run. ``load_model`` loads ``model_ref`` with
-    the target's rewrites (``pipeline.prepare_model``).
+    the target's rewrites (``pipeline.prepare_model``). Under torchrun (``group`` from
+    :func:`data_parallel.session`), each rank trains on its slice of the same global batch of
+    ``config.batch_size``; rank 0 reads and writes the checkpoint and decodes and calibrates
+    on the images, and broadcasts them, so every rank starts identical.
     """
     from edge_convnext import contracts, targets
     from edge_convnext.targets.lowering import example_input, with_contract
@@ -328,6 +343,7 @@ def train(
     from . import calibration, recipes
     from .ptq import contract_tensor
 
+    group.check_batch(config.batch_size)
     recipe = recipes.get("w8a8-qat")
     runtime = targets.get(target)
     runtime.check(recipe)
@@ -345,34 +361,46 @@ def train(
         "smoothquant_alpha": recipe.smoothquant_alpha,
         "weight_rounding": recipe.weight_rounding,
     }
-    state = _resume_state(Path(out), resume, meta, config)
+    state = group.share(lambda: _resume_state(Path(out), resume, meta, config))
     loaded = load_model(model_ref, tuple(meta["rewrites"]), random=random_init, seed=model_seed)
-    training = calibration.load(data, images, loaded.preprocessing, seed=config.seed)
+    # Decoded once, on rank 0: every rank trains on the very crops the checkpoint records.
+    training = group.share(
+        lambda: calibration.load(data, images, loaded.preprocessing, seed=config.seed)
+    )
     pool = training.crops
     scheme = runtime.quantization_scheme(recipe, qat=True)
     example = example_input(contract, loaded.preprocessing)
     teacher = with_contract(loaded, contract)
     ranges = None
-    if state is None:
+    if state is None and group.is_main:
         batches = contract_batches(pool[:START_POINT_IMAGES], contract, loaded.preprocessing)
         start = start_point(teacher, recipe, batches)
         ptq_scheme = runtime.quantization_scheme(recipe)
         ranges = calibrated_ranges(start, example, ptq_scheme, batches)
     else:
         start = same_structure(teacher, meta)
-    run = QATRun(teacher, example, scheme, config, device, start, ranges)
+    run = QATRun(teacher, example, scheme, config, device, start, ranges, group=group)
+    if state is None and group.parallel:
+        state = group.share(lambda: _on_cpu(run.state()))  # rank 0's calibrated start
     if state is not None:
         run.load_state(state)
+    run.distribute()
     meta = {**meta, "training_images": asdict(training.record())}  # audits leave them out
     bar = progress_bar(
-        None, enabled=progress, total=config.steps, initial=run.step_index, desc="QAT", unit="step"
+        None,
+        enabled=progress and group.is_main,
+        total=config.steps,
+        initial=run.step_index,
+        desc="QAT",
+        unit="step",
     )
     while run.step_index < config.steps:
-        crops = batch_for_step(pool, run.step_index, config.batch_size, config.seed)
+        crops = group.shard(batch_for_step(pool, run.step_index, config.batch_size, config.seed))
         loss = run.step(contract_tensor(crops, contract, loaded.preprocessing))
         bar.update(1)
         bar.set_postfix(kl=f"{loss:.4g}")
-        if run.step_index % config.checkpoint_every == 0 or run.step_index == config.steps:
+        done = run.step_index % config.checkpoint_every == 0 or run.step_index == config.steps
+        if done and group.is_main:
             save_checkpoint(Path(out), run, meta)
     bar.close()
     return run
@@ -441,6 +469,18 @@ def _resume_state(out: Path, resume: bool, meta: dict, config: QATConfig) -> dic
             "command, or choose another --out"
         )
     return payload
+
+
+def _on_cpu(value):
+    """``value`` (a state: nested dicts/lists of tensors) with every tensor on the CPU, so it
+    unpickles on any rank's device."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def _resolved(ref: str | Path) -> str:

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from ..contracts import InputContract
     from ..models import LoadedModel
+    from ..preprocess import ExternalInput
     from ..quantize.ptq import PT2EScheme
     from ..quantize.recipes import Recipe
 
@@ -230,8 +231,10 @@ class ExecuTorchRunner(ArtifactRunner):
 
     target = NAME
 
-    def __init__(self, path: str | Path, threads: int | None = None):
-        super().__init__(path)
+    def __init__(
+        self, path: str | Path, threads: int | None = None, external: ExternalInput | None = None
+    ):
+        super().__init__(path, external)
         runtime, self._torch = _import_runtime()
         self.threads = _size_thread_pool(threads)
         if threads is not None and self.threads != threads:
@@ -250,8 +253,28 @@ class ExecuTorchRunner(ArtifactRunner):
                 "program written by `edge-convnext export --target executorch`"
             ) from None
         _OPEN_RUNNERS.add(self)
+        if external is not None:
+            self._input_shape, self._input_dtype = self._external_io()
+            return
         self._input_shape = tuple(self.manifest.input["shape"])
         self._input_dtype = np.dtype(self.manifest.input["dtype"])
+
+    def _external_io(self) -> tuple[tuple[int, ...], np.dtype]:
+        """Input shape and dtype from the program's method metadata; sets the contract."""
+        meta = self.program.metadata(METHOD)
+        if meta.num_inputs() != 1 or meta.num_outputs() != 1:
+            raise ArtifactError(
+                f"{self.path}: method {METHOD!r} has {meta.num_inputs()} inputs and "
+                f"{meta.num_outputs()} outputs; expected 1 and 1"
+            )
+        tensor = meta.input_tensor_meta(0)
+        dtype = _SCALAR_TYPES.get(int(tensor.dtype()))
+        if dtype is None:
+            raise ArtifactError(f"{self.path}: input dtype code {tensor.dtype()} not supported")
+        self.contract = self.external_contract(tensor.sizes(), dtype)
+        self.check_classes(int(np.prod(meta.output_tensor_meta(0).sizes())))
+        shape = tuple(self.contract.shape(self.preprocessing.crop_size))
+        return shape, np.dtype(self.contract.dtype)
 
     def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape != self._input_shape or batch.dtype != self._input_dtype:
@@ -264,18 +287,26 @@ class ExecuTorchRunner(ArtifactRunner):
         return logits.numpy()
 
 
-def load(path: Path, threads: int | None = None) -> ExecuTorchRunner:
+# ExecuTorch ScalarType codes (c10's numbering) of the input dtypes an external program may take.
+_SCALAR_TYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.int8), 6: np.dtype(np.float32)}
+
+
+def load(
+    path: Path, threads: int | None = None, external: ExternalInput | None = None
+) -> ExecuTorchRunner:
     """A runner for the ``.pte`` at ``path``.
 
     Args:
-        path: the artifact; its sidecar manifest must sit beside it.
+        path: the artifact; its sidecar manifest must sit beside it, unless ``external`` gives
+            the preprocessing of a program made elsewhere (its input dtype and shape are read
+            from the program's method metadata).
         threads: XNNPACK thread-pool size (default: the runtime's, one per processor). The pool
             is process-wide: it is resized only while no other ``.pte`` runner is open.
 
     Raises:
         ArtifactError: ExecuTorch is not installed, or the file or sidecar is not usable.
     """
-    return ExecuTorchRunner(path, threads)
+    return ExecuTorchRunner(path, threads, external)
 
 
 # ExecuTorch programs are flatbuffers with file identifier "ET" + two digits at offset 4

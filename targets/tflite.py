@@ -55,6 +55,7 @@ from .tflite_metadata import read_metadata
 if TYPE_CHECKING:  # models imports torch; this module must import without it
     from edge_convnext.contracts import InputContract
     from edge_convnext.models import LoadedModel
+    from edge_convnext.preprocess import ExternalInput
     from edge_convnext.quantize.calibration import Calibration
     from edge_convnext.quantize.ptq import PT2EScheme
     from edge_convnext.quantize.recipes import Recipe
@@ -469,8 +470,10 @@ class TFLiteRunner(ArtifactRunner):
 
     target = NAME
 
-    def __init__(self, path: str | Path, threads: int | None = None):
-        super().__init__(path)
+    def __init__(
+        self, path: str | Path, threads: int | None = None, external: ExternalInput | None = None
+    ):
+        super().__init__(path, external)
         self.threads = default_threads() if threads is None else threads
         self.interpreter, self.runtime = _interpreter_and_runtime(
             model_path=str(self.path), num_threads=self.threads
@@ -483,6 +486,14 @@ class TFLiteRunner(ArtifactRunner):
                 f"{len(inputs)} and {len(outputs)}"
             )
         self.input, self.output = inputs[0], outputs[0]
+        if external is not None:
+            self.contract = self.external_contract(
+                self.input["shape"],
+                self.input["dtype"],
+                quantized=_quantization(self.input) is not None,
+            )
+            self.check_classes(int(np.prod(self.output["shape"])))
+            return
         expected = tuple(self.manifest.input["shape"])
         if tuple(self.input["shape"]) != expected:
             raise ArtifactError(
@@ -497,12 +508,16 @@ class TFLiteRunner(ArtifactRunner):
         return from_tensor(self.interpreter.get_tensor(self.output["index"]), self.output)
 
 
-def load(path: Path, threads: int | None = None) -> TFLiteRunner:
-    """A runner for a ``.tflite`` artifact (torch-free; needs its sidecar manifest).
+def load(
+    path: Path, threads: int | None = None, external: ExternalInput | None = None
+) -> TFLiteRunner:
+    """A runner for a ``.tflite`` artifact (torch-free; needs its sidecar manifest, or
+    ``external``: the preprocessing of a classifier made elsewhere, whose input dtype and
+    quantization are read from its input tensor).
 
     ``threads=None``: every core this process may use (LiteRT's own default is 1 thread).
     """
-    return TFLiteRunner(path, threads=threads)
+    return TFLiteRunner(path, threads=threads, external=external)
 
 
 def _quantization(detail: dict) -> tuple[float, int] | None:

@@ -198,13 +198,22 @@ def test_random_init_predict_of_an_unreadable_image_from_the_shell(tmp_path, bad
     assert result.stdout.startswith("bad.jpg: error: cannot decode")
 
 
-@pytest.mark.parametrize("command", ["predict", "inspect"])
-def test_artifact_without_its_sidecar_exits_1(capsys, tmp_path, command):
+def test_inspect_of_an_artifact_without_its_sidecar_exits_1(capsys, tmp_path):
     artifact = tmp_path / "model.tflite"
     artifact.write_bytes(os.urandom(4096))
-    argv = [command, artifact] + ([real_images()[0]] if command == "predict" else [])
-    status, _, err = _status(capsys, argv)
+    status, _, err = _status(capsys, ["inspect", artifact])
     assert status == 1 and "no sidecar manifest" in err
+    assert err.startswith("edge-convnext: error: ") and err.count("\n") == 1
+
+
+def test_predict_without_a_sidecar_or_preprocessing_flags_says_what_to_give(capsys, tmp_path):
+    # Either the sidecar was left behind, or the file was made elsewhere: a usage error (2) that
+    # names both fixes, before the model is even opened.
+    artifact = tmp_path / "model.tflite"
+    artifact.write_bytes(os.urandom(4096))
+    status, _, err = _status(capsys, ["predict", artifact, real_images()[0]])
+    assert status == 2 and "no sidecar manifest" in err
+    assert "--resize" in err and "--preprocess FILE" in err and "copy its sidecar" in err
     assert err.startswith("edge-convnext: error: ") and err.count("\n") == 1
 
 
