@@ -171,6 +171,7 @@ cp -r "$CACHE/wheels-aarch64" "$PI/wheels"
 cp -r "$CACHE/wheels-aarch64-alt" "$PI/wheels-alt"
 cp "$WHEEL" "$PI/wheels/"
 cp -r "$RUN/host/art" "$RUN/host/val" "$PI/"
+cp "$REPO/bench/startup.py" "$PI/"
 mkdir -p "$PI/host" && cp "$RUN"/host/audit-host/{manifest.json,predictions.npz} "$PI/host/"
 # A Pi 5's cpuinfo (Cortex-A76): LiteRT/XNNPACK read it; the host's x86 one can crash them.
 cat >"$CACHE/cpuinfo-a76" <<'EOF'
@@ -211,11 +212,10 @@ pi '! python -c "import torch" 2>/dev/null && ! pip show torch transformers core
     echo "no torch, transformers or coremltools: ok"
 echo "install: $INSTALL_S s"
 
-say "pi: start-up (emulated wall time)"
-pi 'for i in 1 2 3; do s=$(date +%s.%N); edge-convnext predict --help >/dev/null;
-      e=$(date +%s.%N); echo "predict --help: $(echo "$e - $s" | python3 -c "print(round(eval(input()),2))") s"; done'
-pi 'for i in 1 2 3; do s=$(date +%s.%N); edge-convnext predict art/tiny.fp32.app.tflite val/n02123159/chelsea.jpg >/dev/null 2>&1;
-      e=$(date +%s.%N); echo "one-photo predict (tiny fp32): $(echo "$e - $s" | python3 -c "print(round(eval(input()),2))") s"; done'
+say "pi: start-up (emulated wall time: qemu's, not a Pi's)"
+pi "python startup.py --installed --model art/tiny.fp32.app.tflite --photo val/n02123159/chelsea.jpg \
+    --runs ${EDGE_CONVNEXT_PI_STARTUP_RUNS:-5} --json startup.json"
+cp "$PI/startup.json" "$RUN/pi-startup.json"
 
 say "pi: predict (JSON lines) on the same files and photos as the host"
 T=$(stamp)
@@ -249,36 +249,48 @@ pi 'edge-convnext audit art/tiny.w8a8.app.tflite --data val --manifest host/mani
 cp -r "$PI"/audit-vs-* "$RUN/" 2>/dev/null || true
 echo "audit: $(since "$T") s"
 
+ALT_OK=0
 if compgen -G "$PI/wheels-alt/tflite_runtime-*.whl" >/dev/null; then
     say "pi: the alternative runtime, tflite-runtime 2.14 (numpy < 2), in its own venv"
+    T=$(stamp)
     pi 'python3 -m venv venv-alt && venv-alt/bin/pip install -q --no-index --find-links wheels-alt \
-        --find-links wheels tflite-runtime "numpy<2" pillow flatbuffers &&
-        venv-alt/bin/pip install -q --no-index --no-deps wheels/edge_convnext-*.whl &&
-        venv-alt/bin/edge-convnext predict art/tiny.fp32.app.tflite val/ --json' \
-        >"$RUN/pi-alt.predict.tiny.fp32.jsonl" 2>"$RUN/pi-alt.stderr" || true
-    grep runtime "$RUN/pi-alt.stderr" || tail -3 "$RUN/pi-alt.stderr"
+        --find-links wheels tflite-runtime "numpy<2" pillow flatbuffers tqdm &&
+        venv-alt/bin/pip install -q --no-index --no-deps wheels/edge_convnext-*.whl'
+    pi 'venv-alt/bin/pip list --format=freeze' | grep -Ei '^(tflite|numpy|ai-edge|edge)' | tr '\n' ' '
+    echo
+    ALT_OK=1
+    for a in tiny.fp32 tiny.w8a8; do
+        pi "venv-alt/bin/edge-convnext predict art/$a.app.tflite val/ --json" \
+            >"$RUN/pi-alt.predict.$a.jsonl" 2>"$RUN/pi-alt.predict.$a.stderr" || ALT_OK=0
+        echo "$a: $(grep -h 'runtime' "$RUN/pi-alt.predict.$a.stderr" || tail -2 "$RUN/pi-alt.predict.$a.stderr")"
+    done
+    grep -qh 'runtime tflite-runtime' "$RUN"/pi-alt.predict.*.stderr || ALT_OK=0
+    pi 'venv-alt/bin/edge-convnext audit art/tiny.fp32.app.tflite art/tiny.w8a8.app.tflite --data val \
+        --manifest host/manifest.json --reference host/predictions.npz --out audit-alt-vs-fp32 \
+        --no-progress' | tee "$RUN/pi-alt-audit-vs-fp32.txt" || ALT_OK=0
+    cp -r "$PI"/audit-alt-vs-fp32 "$RUN/" 2>/dev/null || true
+    echo "tflite-runtime venv: $(since "$T") s"
 fi
 
 say "compare with the host"
-"$PY" - "$RUN" <<'PY'
+"$PY" - "$RUN" "$ALT_OK" <<'PY'
 import json
 import sys
 from pathlib import Path
 
-run = Path(sys.argv[1])
+run, alt_ok = Path(sys.argv[1]), sys.argv[2] == "1"
 
 
 def rows(path):
     return {r["image"].split("/")[-1]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
-summary = {}
-for name in ("tiny.fp32", "tiny.w8a8", "ckpt.w8a8"):
-    host, pi = rows(run / f"host/predict.{name}.jsonl"), rows(run / f"pi.predict.{name}.jsonl")
+def compare(reference, other):
+    """Top-1 and top-5 order agreement and the worst score difference over shared classes."""
     same_top1 = same_top5 = 0
     worst = 0.0
-    for image, h in host.items():
-        p = pi[image]
+    for image, h in reference.items():
+        p = other[image]
         hi = [t["index"] for t in h["top_k"]]
         pii = [t["index"] for t in p["top_k"]]
         same_top1 += hi[0] == pii[0]
@@ -286,27 +298,35 @@ for name in ("tiny.fp32", "tiny.w8a8", "ckpt.w8a8"):
         hs = {t["index"]: t["score"] for t in h["top_k"]}
         ps = {t["index"]: t["score"] for t in p["top_k"]}
         worst = max([worst] + [abs(hs[i] - ps[i]) for i in hs if i in ps])
-    summary[name] = {
-        "photos": len(host),
+    return {
+        "photos": len(reference),
         "top1_same": same_top1,
         "top5_order_same": same_top5,
         "max_abs_score_diff": worst,
     }
-    print(f"{name}: {summary[name]}")
-alt = run / "pi-alt.predict.tiny.fp32.jsonl"
-if alt.exists() and alt.stat().st_size:
-    host = rows(run / "host/predict.tiny.fp32.jsonl")
-    worst = max(
-        abs(a["score"] - b["score"])
-        for image, r in rows(alt).items()
-        for a, b in zip(r["top_k"], host[image]["top_k"], strict=True)
-    )
-    summary["tiny.fp32 on tflite-runtime"] = {"max_abs_score_diff": worst}
-    print(f"tflite-runtime, tiny.fp32 vs host: max abs score diff {worst:.3g}")
+
+
+summary = {}
+for name in ("tiny.fp32", "tiny.w8a8", "ckpt.w8a8"):
+    summary[name] = compare(rows(run / f"host/predict.{name}.jsonl"), rows(run / f"pi.predict.{name}.jsonl"))
+    print(f"{name}, pi (ai-edge-litert) vs host: {summary[name]}")
+for name in ("tiny.fp32", "tiny.w8a8"):
+    alt = run / f"pi-alt.predict.{name}.jsonl"
+    if alt.exists() and alt.stat().st_size:
+        for against, path in (("host", f"host/predict.{name}.jsonl"), ("pi ai-edge-litert", f"pi.predict.{name}.jsonl")):
+            key = f"{name} on tflite-runtime vs {against}"
+            summary[key] = compare(rows(run / path), rows(alt))
+            print(f"{key}: {summary[key]}")
 (run / "summary.json").write_text(json.dumps(summary, indent=2))
 fp32 = summary["tiny.fp32"]
 ok = fp32["top5_order_same"] == fp32["photos"] and fp32["max_abs_score_diff"] <= 1e-6
 print("fp32 top-5 within 1e-6 of the host:", "yes" if ok else "NO")
+alt = summary.get("tiny.fp32 on tflite-runtime vs host")
+if alt is not None:
+    alt_same = alt["top5_order_same"] == alt["photos"] and alt["max_abs_score_diff"] <= 1e-6
+    print("tflite-runtime ran, said so, audited:", "yes" if alt_ok else "NO")
+    print("tflite-runtime fp32 top-5 within 1e-6 of the host:", "yes" if alt_same else "NO")
+    ok = ok and alt_ok and alt_same
 sys.exit(0 if ok else 1)
 PY
 echo "run: $(since "$T0") s in all; outputs in $RUN"
