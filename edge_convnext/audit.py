@@ -63,6 +63,7 @@ __all__ = [
     "audit",
     "merge",
     "parse_shard",
+    "part_folder",
     "run",
     "run_audit",
     "run_part",
@@ -575,6 +576,7 @@ class AuditRun:
         runner_failures: per audited runner name, readable images it failed on (or was not run
             on after giving up).
         problems: one line per failure, for the terminal; empty when everything scored.
+        part: what scoring did (chunks, how many were resumed, timing); ``None`` for a merge.
     """
 
     report: Path
@@ -582,6 +584,7 @@ class AuditRun:
     unreadable: int
     runner_failures: dict[str, int]
     problems: list[str]
+    part: PartRun | None = None
 
     @property
     def failed(self) -> bool:
@@ -606,6 +609,7 @@ def audit(
     shard: Shard | None = None,
     resume: bool = False,
     workers: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
 ) -> AuditRun:
     """:func:`run`, returning an :class:`AuditRun` that says what failed.
 
@@ -620,6 +624,8 @@ def audit(
     With ``shard=Shard(K, N)`` only that shard's images are scored and ``out`` becomes a part
     folder (``plan.json``, ``chunks/``, ``done.json``, and a ``report.json``/``report.md`` of
     the shard alone); :func:`merge` combines the N parts into the full report set.
+    ``workers`` decode threads; ``chunk_size`` images per committed chunk (the unit of
+    resume).
     """
     dataset = select_dataset(
         data, layout, labels_file, per_class, limit, seed, manifest, exclude, allow_outside
@@ -629,17 +635,26 @@ def audit(
     (out / "report.json").unlink(missing_ok=True)
     selection = Selection.of(dataset, shard)
     samples = dataset.samples if shard is None else shard.select(dataset.samples)
-    part = out if shard is not None else out / PART_DIR
-    run_part(models, samples, part, reference, resume, progress, selection, workers)
-    parts = audit_parts.load_parts([part])
+    part = part_folder(out, shard)
+    scored = run_part(
+        models, samples, part, reference, resume, progress, selection, workers, chunk_size
+    )
+    parts = [audit_parts.load_part(part)]  # one shard alone does not cover the audit
     if shard is None:
         outcome = _write_report_set(parts, out)
         shutil.rmtree(part, ignore_errors=True)
-        return outcome
-    result, part_dataset = audit_parts.score(parts)
-    result.run_id = uuid.uuid4().hex
-    report_path = report.write_report(result, part_dataset, out)
-    return _outcome(report_path, result, _runner_names(parts[0]))
+    else:
+        result, part_dataset = audit_parts.score(parts)
+        result.run_id = uuid.uuid4().hex
+        report_path = report.write_report(result, part_dataset, out)
+        outcome = _outcome(report_path, result, _runner_names(parts[0]))
+    outcome.part = scored
+    return outcome
+
+
+def part_folder(out: str | os.PathLike, shard: Shard | None = None) -> Path:
+    """Where :func:`audit` keeps its chunks: ``out`` itself for a shard, else ``out/part``."""
+    return Path(out) if shard is not None else Path(out) / PART_DIR
 
 
 def merge(

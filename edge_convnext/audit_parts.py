@@ -253,7 +253,7 @@ def load_parts(paths: Sequence[str | os.PathLike]) -> list[Part]:
     """
     if not paths:
         raise UsageError("merge: give the part folders written by `audit --shard K/N`")
-    parts = [_load_part(Path(p)) for p in paths]
+    parts = [load_part(p) for p in paths]
     first = parts[0].plan
     for part in parts[1:]:
         differs = [
@@ -268,7 +268,9 @@ def load_parts(paths: Sequence[str | os.PathLike]) -> list[Part]:
     return parts
 
 
-def _load_part(path: Path) -> Part:
+def load_part(path: str | os.PathLike) -> Part:
+    """A complete part; UsageError if ``path`` is not a part or is unfinished."""
+    path = Path(path)
     if not (path / PLAN).is_file():
         raise UsageError(f"merge: {path} is not an audit part (no {PLAN})")
     plan = _read_json(path / PLAN)
@@ -282,6 +284,23 @@ def _load_part(path: Path) -> Part:
             "finish it with the same `audit --shard ... --resume` command"
         )
     return part
+
+
+def complete_part(path: str | os.PathLike) -> Part | None:
+    """The part at ``path`` if it is complete, else ``None`` (missing, unfinished, foreign)."""
+    try:
+        return load_part(path)
+    except UsageError:
+        return None
+
+
+def read_plan(path: str | os.PathLike) -> dict | None:
+    """The ``plan.json`` of the part folder ``path``, ``None`` if it has none or not ours."""
+    try:
+        plan = _read_json(Path(path) / PLAN)
+    except UsageError:
+        return None
+    return plan if plan.get("format") == PART_FORMAT else None
 
 
 def _same(plan: dict, key: str):
@@ -312,6 +331,83 @@ def _check_coverage(parts: list[Part]) -> None:
         raise UsageError(
             f"merge: the parts hold {total} images, the audit selected {selection['n_images']}"
         )
+
+
+# --- joining the parts of one shard scored by different runtimes --------------------------------
+
+
+def join(parts: Sequence[Part], names: Sequence[str], reference: str | None, out: Path) -> Part:
+    """One part holding the rows of ``parts`` side by side, in the order of ``names``.
+
+    The parts are the same images (one shard) scored by different runtimes, e.g. on different
+    Ray nodes; each row comes from the one part that has it. The joined part is written to a
+    staging folder and renamed onto ``out`` once complete. A chunk's ``wall_s`` is the sum of
+    the parts' (the compute spent on it); ``decode_ms`` is the first part's.
+
+    Raises:
+        UsageError: the parts cover different images or chunking, or ``names`` are not exactly
+            their rows.
+    """
+    parts = list(parts)
+    first = parts[0].plan
+    for part in parts[1:]:
+        differs = [
+            k
+            for k in ("selection", "n_images", "keys_sha256", "chunk_size", "n_chunks")
+            if part.plan[k] != first[k]
+        ]
+        if differs:
+            raise UsageError(
+                f"join: {part.path} and {parts[0].path} hold other images ({', '.join(differs)})"
+            )
+    where = {
+        row["name"]: (p, j)
+        for p, part in enumerate(parts)
+        for j, row in enumerate(part.plan["rows"])
+    }
+    found = sorted(where)
+    if sorted(names) != found or len(found) != sum(len(p.plan["rows"]) for p in parts):
+        raise UsageError(f"join: rows {found} are not the models {sorted(names)}")
+    rows = []
+    for name in names:
+        p, j = where[name]
+        rows.append({**parts[p].plan["rows"][j], "is_reference": name == reference})
+    plan = {**first, "rows": rows, "reference": reference}
+    with atomic.atomic_path(out) as staged:
+        (staged / "chunks").mkdir(parents=True)
+        atomic.write_text(staged / PLAN, json.dumps(plan, indent=1) + "\n")
+        for index in range(first["n_chunks"]):
+            write_chunk(staged, index, _joined_chunk(parts, [where[n] for n in names], index))
+        finish(
+            staged, {"chunks": first["n_chunks"], "images": first["n_images"], "joined": len(parts)}
+        )
+    return Part(out, plan)
+
+
+_ROW_ARRAYS = ("logits", "status", "latency_ms", "error")
+
+
+def _joined_chunk(parts: list[Part], columns: list[tuple[int, int]], index: int) -> dict:
+    """Chunk ``index`` of the joined part: the image arrays of the first part, then each row
+    ``(part, row)`` of ``columns`` renumbered in order."""
+    files = [np.load(chunk_path(part.path, index), allow_pickle=False) for part in parts]
+    try:
+        keys = files[0]["keys"]
+        for npz in files[1:]:
+            if not np.array_equal(npz["keys"], keys):
+                raise UsageError(f"join: chunk {index} holds other images in {parts[0].path}")
+        arrays = {
+            name: files[0][name]
+            for name in ("keys", "sources", "labels", "sha256", "image_error", "decode_ms")
+        }
+        for new, (p, j) in enumerate(columns):
+            for name in _ROW_ARRAYS:
+                arrays[f"{name}_{new}"] = files[p][f"{name}_{j}"]
+        arrays["wall_s"] = np.float64(sum(float(npz["wall_s"]) for npz in files))
+        return arrays
+    finally:
+        for npz in files:
+            npz.close()
 
 
 # --- scoring: one streaming pass over the chunks -------------------------------------------------

@@ -719,6 +719,10 @@ def _add_audit(commands) -> None:
             Images an artifact was calibrated on (listed in its manifest) are never scored unless
             --include-calibration is given. Core ML artifacts on Linux are scored through the
             numpy MIL evaluator and marked so.
+
+            Large audits: --resume continues a killed one, --shard K/N scores one slice (then
+            `edge-convnext audit merge PARTS... --out DIR`), --ray runs the slices on a Ray
+            cluster (see "at scale" below).
             """
         ),
         epilog=_section(
@@ -747,6 +751,25 @@ def _add_audit(commands) -> None:
               # a classifier made elsewhere (no sidecar): its preprocessing on the command line
               edge-convnext audit efficientnet_lite0.tflite --data val/ --resize 256 --crop 224 \\
                   --interpolation bilinear --mean 0.498,0.498,0.498 --std 0.502,0.502,0.502
+
+            at scale:
+              Per-image results go to disk chunk by chunk (OUT/part/ while it runs), so memory
+              does not grow with the data set. A killed audit continues with the same command
+              plus --resume, scoring only the chunks not yet on disk.
+              # 4 machines (or 4 runs), one slice each, then one report:
+              edge-convnext audit ckpt/ out/*.tflite --data val/ --shard 1/4 --out parts/1
+              ...
+              edge-convnext audit ckpt/ out/*.tflite --data val/ --shard 4/4 --out parts/4
+              edge-convnext audit merge parts/1 parts/2 parts/3 parts/4 --out report/
+              # the same on a Ray cluster (pip install 'edge-convnext[ray]'), or a local Ray:
+              edge-convnext audit ckpt/ out/*.tflite --data val/ --ray 10.0.0.5:6379
+              edge-convnext audit ckpt/ out/*.tflite --data val/ --ray --shards 8
+              Every shard must run the same models on the same --data selection (and --seed);
+              merge checks that and that no shard is missing or repeated. On Ray, one actor per
+              runtime per node opens the models once; a node scores the runtimes it can import
+              or advertises (ray start --resources '{"edge_convnext_coreml": 1}' on a Mac);
+              artifacts and images go to other nodes as bytes. `edge-convnext audit merge
+              --help` has the merge manual.
             """
         )
         + "\n\n"
@@ -797,16 +820,83 @@ def _add_audit(commands) -> None:
         "--threads", type=_threads(), default=None, help="runtime threads (default: all)"
     )
     parser.add_argument(
+        "--workers",
+        type=_number(int, 1, high=64),
+        default=None,
+        metavar="N",
+        help="image decode threads (default: one per core, at most 4)",
+    )
+    parser.add_argument(
         "--random-init",
         action="store_true",
         help="build model arguments that name a seed with seeded random weights",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scale = parser.add_argument_group("at scale (see below)")
+    scale.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed audit of the same models and images in --out",
+    )
+    where = scale.add_mutually_exclusive_group()
+    where.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="score only slice K of N and write a part to --out (combine: audit merge)",
+    )
+    where.add_argument(
+        "--ray",
+        nargs="?",
+        const=RAY_LOCAL,
+        metavar="ADDRESS",
+        help="score the shards on a Ray cluster: HOST:PORT, ray://HOST:PORT or auto; "
+        "no ADDRESS starts a local Ray",
+    )
+    scale.add_argument(
+        "--shards",
+        type=_number(int, 1),
+        metavar="N",
+        help="with --ray: how many shards (default: one per 2048 images, at least 2 per actor)",
+    )
     _add_external_input(parser)
     parser.set_defaults(run=_run_audit)
 
 
+RAY_LOCAL = "local"  # --ray with no ADDRESS
+
+
+def _ray_address(args) -> str | None:
+    """``--ray``'s ADDRESS (``None``: start a local Ray). argparse gives ``--ray`` the word after
+    it, which may be the first model (``--ray model.tflite ...``): an address is ``auto``,
+    ``local`` or has a ``:`` (``HOST:PORT``, ``ray://HOST:PORT``), so anything else goes back to
+    the models."""
+    value = args.ray
+    if value == RAY_LOCAL:
+        return None
+    if value == "auto" or (":" in value and not os.path.exists(value)):
+        return value
+    args.models.insert(0, value)
+    return None
+
+
+def _check_scale_args(args) -> None:
+    """Usage errors of --shard/--shards/--ray, before any model is opened."""
+    from .audit import parse_shard
+
+    if args.shards is not None and args.ray is None:
+        raise UsageError("--shards goes with --ray; for one slice on this machine use --shard K/N")
+    if args.shard is not None:
+        args.shard = parse_shard(args.shard)
+    if args.ray is not None:
+        from .distributed import import_ray
+
+        import_ray()  # a usage error naming the extra, before anything is loaded
+
+
 def _run_audit(args) -> int:
+    _check_scale_args(args)
+    if args.ray is not None:
+        return _run_audit_ray(args)
     from pathlib import Path
 
     from . import audit
@@ -849,21 +939,44 @@ def _run_audit(args) -> int:
             external=external,
         )
     _check_external_used(external, [*runners, reference])
-    outcome = audit.audit(
-        runners,
-        args.data,
-        layout=args.layout,
-        labels_file=args.labels,
-        per_class=args.per_class,
-        limit=args.limit,
-        seed=args.seed,
-        reference=reference or runners[0].name,
-        out=Path(args.out),
-        manifest=args.manifest,
-        exclude=exclude,
-        progress=not args.no_progress,
-        allow_outside=args.allow_outside_data,
-    )
+    try:
+        outcome = audit.audit(
+            runners,
+            args.data,
+            layout=args.layout,
+            labels_file=args.labels,
+            per_class=args.per_class,
+            limit=args.limit,
+            seed=args.seed,
+            reference=reference or runners[0].name,
+            out=Path(args.out),
+            manifest=args.manifest,
+            exclude=exclude,
+            progress=not args.no_progress,
+            allow_outside=args.allow_outside_data,
+            shard=args.shard,
+            resume=args.resume,
+            workers=args.workers,
+        )
+    except KeyboardInterrupt:
+        print(
+            "edge-convnext: audit: the chunks scored so far are kept in "
+            f"{audit.part_folder(Path(args.out), args.shard)}; the same command with --resume "
+            "continues from there",
+            file=sys.stderr,
+        )
+        raise
+    if args.resume:
+        part = outcome.part
+        print(
+            f"edge-convnext: audit: resumed: {part.resumed} of {part.chunks} chunks were on disk",
+            file=sys.stderr,
+        )
+    return _audit_exit(outcome, bool(unloadable))
+
+
+def _audit_exit(outcome, unloadable: bool = False) -> int:
+    """Print the report path and each problem; exit 1 if anything failed."""
     print(outcome.report)
     for problem in outcome.problems:
         print(
@@ -871,6 +984,112 @@ def _run_audit(args) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILED if outcome.failed or unloadable else EXIT_OK
+
+
+def _run_audit_ray(args) -> int:
+    """``audit --ray``: the shards on a Ray cluster, then the merged report."""
+    from pathlib import Path
+
+    from . import distributed
+
+    address = _ray_address(args)
+    external = _external_input(args)
+    if external is not None and not any(
+        distributed.describe_model(ref, args.random_init, args.seed, external).external
+        for ref in args.models
+    ):
+        _check_external_used(external, [])
+    run = distributed.audit(
+        args.models,
+        args.data,
+        address=address,
+        shards=args.shards,
+        resume=args.resume,
+        threads=args.threads,
+        workers=args.workers,
+        random=args.random_init,
+        external=external,
+        layout=args.layout,
+        labels_file=args.labels,
+        per_class=args.per_class,
+        limit=args.limit,
+        seed=args.seed,
+        reference=args.reference,
+        out=Path(args.out),
+        manifest=args.manifest,
+        exclude=args.exclude,
+        include_calibration=args.include_calibration,
+        progress=not args.no_progress,
+        allow_outside=args.allow_outside_data,
+    )
+    for line in run.actors:
+        print(f"edge-convnext: audit: ray actor: {line}", file=sys.stderr)
+    if run.resumed:
+        print(
+            f"edge-convnext: audit: resumed: {run.resumed} parts were on disk, {run.scored} scored",
+            file=sys.stderr,
+        )
+    if run.outcome is None:
+        for problem in run.failures:
+            print(f"edge-convnext: audit: {problem}", file=sys.stderr)
+        print(
+            f"edge-convnext: audit: no report written; the finished parts are kept in "
+            f"{run.parts}: the same command with --resume scores only the rest",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return _audit_exit(run.outcome)
+
+
+def _add_audit_merge(commands) -> None:
+    parser = commands.add_parser(
+        "merge",
+        help="combine the parts of a sharded audit into one report",
+        formatter_class=_formatter,
+        description=_section(
+            """
+            Combine the parts written by `edge-convnext audit ... --shard K/N --out PART` (one
+            per K, on one machine or many) into the report set the unsharded audit writes:
+            report.json, report.md, plots, predictions.npz and manifest.json in --out. The
+            numbers are identical to the unsharded run's (counts, top-1/top-5 and their
+            intervals, agreement, McNemar, cosine, SNR, KL); only the timing differs, summed
+            over the parts.
+
+            The parts must be of one audit (the same models, reference and image selection: the
+            same --data subset and --seed) and complete, with every shard 1..N given once.
+            Anything else is refused (exit 2) with what is wrong: parts of different audits,
+            missing or repeated shards, an unfinished part (finish it with its --shard command
+            plus --resume).
+            """
+        ),
+        epilog=_section(
+            """
+            examples:
+              edge-convnext audit merge parts/1 parts/2 parts/3 parts/4 --out report/
+              edge-convnext audit merge parts/* --out report/
+
+            exit status: 0 every image scored by every model; 1 some image was unreadable or a
+            model failed on some (as in audit); 2 usage (the parts do not make one audit).
+            """
+        ),
+    )
+    parser.add_argument("parts", metavar="PART", nargs="+", help="part folders (audit --shard)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where the report goes")
+    parser.set_defaults(run=_run_audit_merge)
+
+
+def _run_audit_merge(args) -> int:
+    from . import audit
+
+    return _audit_exit(audit.merge(args.parts, args.out))
+
+
+def _parse_audit_merge(argv: list[str]) -> argparse.Namespace:
+    """``edge-convnext audit merge ...``: its own parser, since ``audit`` takes positional
+    models (``audit ./merge`` audits a file named merge)."""
+    parser = argparse.ArgumentParser(prog="edge-convnext audit", formatter_class=_formatter)
+    _add_audit_merge(parser.add_subparsers(metavar="COMMAND", required=True))
+    return parser.parse_args(argv[1:])
 
 
 def _add_build(commands) -> None:
@@ -1048,7 +1267,12 @@ def main(argv: list[str] | None = None) -> int:
     _tolerate_unencodable_output()
     try:
         argv = sys.argv[1:] if argv is None else argv
-        args = _parse_predict(argv) if argv[:1] == ["predict"] else build_parser().parse_args(argv)
+        if argv[:1] == ["predict"]:
+            args = _parse_predict(argv)
+        elif argv[:2] == ["audit", "merge"]:
+            args = _parse_audit_merge(argv)
+        else:
+            args = build_parser().parse_args(argv)
         return args.run(args)
     except EdgeConvnextError as error:
         print(f"edge-convnext: error: {error}", file=sys.stderr)

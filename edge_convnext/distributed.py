@@ -39,6 +39,7 @@ RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
     "tflite": ("ai_edge_litert", "tflite_runtime"),
     "executorch": ("executorch",),
     "coreml": ("coremltools",),
+    "onnx": ("onnxruntime",),
     PYTORCH: ("torch", "transformers"),
 }
 MAX_ATTEMPTS = 2  # a shard whose actor dies is tried once more, on a fresh actor
@@ -127,6 +128,7 @@ class ModelSpec:
         target: the target that runs it, ``pytorch`` for checkpoints.
         path: the file or folder on the driver's disk (absolute), ``None`` for Hub ids and seeds.
         random, seed: ``--random-init`` and its seed, for checkpoints.
+        external: the preprocessing of an artifact made elsewhere (no sidecar), else ``None``.
         blob: Ray object ref of the tar of the file (+ sidecar), set for actors on other nodes.
     """
 
@@ -136,27 +138,54 @@ class ModelSpec:
     path: str | None = None
     random: bool = False
     seed: int = 0
+    external: Any = None
     blob: Any = None
 
 
-def describe_model(ref: str, random: bool = False, seed: int = 0) -> ModelSpec:
-    """A :class:`ModelSpec` for ``ref``: the target from the sidecar (or suffix), no runtime."""
-    from . import targets
+def describe_model(ref: str, random: bool = False, seed: int = 0, external=None) -> ModelSpec:
+    """A :class:`ModelSpec` for ``ref``: the target from the sidecar (or suffix), no runtime.
 
-    target = None if random else targets.for_artifact(ref)
-    if target is not None:
-        if not Path(ref).exists():
+    ``external`` (an :class:`~edge_convnext.preprocess.ExternalInput`) is kept only for an
+    artifact without a sidecar, as :func:`edge_convnext.runners.open_runner` uses it.
+    """
+    from . import targets
+    from .manifest import manifest_path
+    from .runners import ONNX_SUFFIX
+    from .seeds import find_seed
+
+    if not random and Path(ref).suffix.lower() == ONNX_SUFFIX:
+        target_name = "onnx"
+    else:
+        found = None if random else targets.for_artifact(ref)
+        target_name = found.name if found is not None else None
+    if target_name is not None:
+        path = Path(ref)
+        if not path.exists():
             raise NotFoundError(f"{ref}: no such artifact")
-        return ModelSpec(ref, str(Path(ref)), target.name, str(Path(ref).absolute()))
-    local = None if random or not Path(ref).is_dir() else str(Path(ref).absolute())
-    return ModelSpec(ref, str(Path(ref)) if local else ref, PYTORCH, local, random, seed)
+        made_elsewhere = target_name == "onnx" or not manifest_path(path).exists()
+        return ModelSpec(
+            ref,
+            str(path),
+            target_name,
+            str(path.absolute()),
+            external=external if made_elsewhere else None,
+        )
+    if random:
+        known = find_seed(ref)
+        if known is None:  # refused here as models.random_init would, before any node starts
+            raise UsageError(f"--random-init needs a seed model, got {ref!r}")
+        return ModelSpec(ref, f"random-init:{known.name}:seed={seed}", PYTORCH, None, True, seed)
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        return ModelSpec(ref, str(local), PYTORCH, str(local.absolute()))
+    return ModelSpec(ref, ref, PYTORCH)
 
 
 def calibration_keys(spec: ModelSpec) -> list[str]:
     """Keys of the images an artifact was calibrated on (its sidecar), never to be scored."""
     from . import manifest
 
-    if spec.target == PYTORCH:
+    if spec.path is None or not manifest.manifest_path(Path(spec.path)).exists():
         return []
     quantization = manifest.read(Path(spec.path)).quantization
     if quantization is None or quantization.calibration is None:
@@ -225,10 +254,21 @@ def ship_samples(samples, by_path: bool) -> list:
 # --- the actor -----------------------------------------------------------------------------------
 
 
+@dataclass
+class ScoredPart:
+    """What an actor returns for one shard: the part's files, or why it could not score."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    error: str | None = None
+    load_failed: bool = False  # the runners did not open: every shard of this runtime fails
+
+
 class ShardScorer:
     """Runs on a node: opens the runners of one runtime once, then scores shards into parts.
 
-    Made a Ray actor by :func:`run` (``ray.remote(ShardScorer)``); a plain class otherwise.
+    Made a Ray actor by the driver (``ray.remote(ShardScorer)``); a plain class otherwise. A
+    model that cannot be opened is not an exception here (that would read as a dead actor):
+    every :meth:`score` call returns the reason instead.
     """
 
     def __init__(self, specs: Sequence[ModelSpec], threads: int | None, by_path: bool):
@@ -236,13 +276,20 @@ class ShardScorer:
 
         self.folder = Path(tempfile.mkdtemp(prefix="edge-convnext-ray-"))
         self.runners = []
-        for i, spec in enumerate(specs):
-            ref = spec.path if by_path and spec.path else spec.ref
-            if spec.blob is not None and not by_path:
-                ref = str(self._materialize(spec, i))
-            runner = open_runner(ref, random=spec.random, seed=spec.seed, threads=threads)
-            runner.name = spec.name
-            self.runners.append(runner)
+        self.load_error = None
+        try:
+            for i, spec in enumerate(specs):
+                ref = spec.path if by_path and spec.path else spec.ref
+                if spec.blob is not None and not by_path:
+                    ref = str(self._materialize(spec, i))
+                runner = open_runner(
+                    ref, random=spec.random, seed=spec.seed, threads=threads, external=spec.external
+                )
+                runner.name = spec.name  # the driver's name, wherever the file landed here
+                self.runners.append(runner)
+        except EdgeConvnextError as error:  # said with the driver's path, whichever node
+            message = str(error).replace(str(ref), spec.name)
+            self.load_error = message if spec.name in message else f"{spec.name}: {message}"
 
     def _materialize(self, spec: ModelSpec, index: int) -> Path:
         import ray
@@ -259,10 +306,12 @@ class ShardScorer:
 
         return ray.get_runtime_context().get_node_id()
 
-    def score(self, samples: Sequence, selection, reference) -> dict[str, bytes]:
-        """Score ``samples`` (one shard) with every runner; the part's files, path -> bytes."""
+    def score(self, samples: Sequence, selection, reference, workers: int | None) -> ScoredPart:
+        """Score ``samples`` (one shard) with every runner into a part; its files as bytes."""
         from . import audit
 
+        if self.load_error is not None:
+            return ScoredPart(error=self.load_error, load_failed=True)
         part = Path(tempfile.mkdtemp(prefix="part-", dir=self.folder))
         try:
             audit.run_part(
@@ -272,10 +321,16 @@ class ShardScorer:
                 reference=reference,
                 progress=False,
                 selection=selection,
+                workers=workers,
             )
-            return {
-                str(p.relative_to(part)): p.read_bytes() for p in part.rglob("*") if p.is_file()
+            files = {
+                p.relative_to(part).as_posix(): p.read_bytes()
+                for p in part.rglob("*")
+                if p.is_file()
             }
+            return ScoredPart(files)
+        except EdgeConvnextError as error:
+            return ScoredPart(error=str(error))
         finally:
             shutil.rmtree(part, ignore_errors=True)
 
@@ -354,6 +409,7 @@ class _Slot:
     target: str
     actor: Any = None
     replaced: int = 0
+    threads: int = 1
 
 
 @dataclass
@@ -372,22 +428,27 @@ class _Task:
 
 # --- the driver ----------------------------------------------------------------------------------
 
+SHARD_IMAGES = 2048  # default shard size: bounds what one task ships and one failure loses
+
 
 @dataclass
 class DistributedRun:
     """What :func:`audit` did on the cluster.
 
     Attributes:
-        parts: ``OUT/parts``: one part per shard and runtime, and the merged shards.
+        parts: ``OUT/parts``, where the parts are kept until the report is written.
         actors: one line per actor (runtime, node, threads).
+        shards: how many shards the images were cut into.
         scored: parts scored in this run; resumed: parts found complete on disk.
-        failures: one line per part that failed (its actor died twice, or it could not load).
+        failures: one line per part that failed (its actor died twice, a model did not open, a
+            runtime error stopped it).
         outcome: the merged report (:class:`~edge_convnext.audit.AuditRun`), ``None`` when a part
             failed (no report is written then: rerun with ``resume`` to score only what is left).
     """
 
     parts: Path
     actors: list[str]
+    shards: int
     scored: int
     resumed: int
     failures: list[str]
@@ -412,7 +473,9 @@ def audit(
     shards: int | None = None,
     resume: bool = False,
     threads: int | None = None,
+    workers: int | None = None,
     random: bool = False,
+    external=None,
     layout: str | None = None,
     labels_file: str | os.PathLike | None = None,
     per_class: int | None = None,
@@ -430,13 +493,20 @@ def audit(
 ) -> DistributedRun:
     """:func:`edge_convnext.audit.audit` of ``models`` with the shards scored on a Ray cluster.
 
+    The report set written to ``out`` is the one a single-process audit of the same models and
+    images writes (equal but for timing and paths).
+
     Args:
         models: artifact paths, checkpoint dirs, Hub ids or (with ``random``) seed names, as
             the ``audit`` command takes them; no runtime is opened on the driver.
         address: the cluster to join (see :func:`connect`); ``None`` starts a local Ray.
-        shards: how many shards (default: two per actor of the busiest runtime).
+        shards: how many shards (default: one per :data:`SHARD_IMAGES` images, at least two
+            per actor of the busiest runtime; on resume, as many as the parts on disk).
         resume: keep the complete parts already in ``OUT/parts`` and score only the others.
         threads: runtime threads per actor (default: the node's CPUs shared by its actors).
+        workers: decode threads per actor (default: one per core, at most 4).
+        external: the preprocessing of artifacts made elsewhere
+            (:class:`~edge_convnext.preprocess.ExternalInput`).
         reference: an audited model's name, another model, or ``predictions.npz[#NAME]``
             (default: the first model).
         exclude, include_calibration: images never scored; by default also the images each
@@ -447,26 +517,27 @@ def audit(
             :func:`edge_convnext.audit.audit`.
 
     Raises:
-        UsageError: Ray missing, bad arguments. ClusterError: no node runs a needed runtime.
+        UsageError: Ray missing, bad arguments, ``resume`` over parts of another audit.
+        ClusterError: the cluster cannot be reached, or no node runs a needed runtime.
     """
     from . import audit as single
 
+    import_ray()
     if ship not in ("auto", "bytes", "path"):
         raise UsageError(f"ship must be 'auto', 'bytes' or 'path', got {ship!r}")
     if shards is not None and shards < 1:
         raise UsageError(f"--shards must be a positive number, got {shards}")
-    specs, reference = _plan_models(models, reference, random, seed)
+    specs, reference = _plan_models(models, reference, random, seed, external)
     exclude = list(exclude)
     if not include_calibration:
         exclude += [key for spec in specs for key in calibration_keys(spec)]
     dataset = single.select_dataset(
         data, layout, labels_file, per_class, limit, seed, manifest, exclude, allow_outside
     )
-    import_ray()
     opened = cluster is None
     cluster = cluster or connect(address)
     try:
-        driver = _Driver(cluster, specs, reference, dataset, Path(out), threads, ship)
+        driver = _Driver(cluster, specs, reference, dataset, Path(out), threads, workers, ship)
         return driver.run(shards, resume, progress)
     finally:
         if opened:
@@ -474,36 +545,68 @@ def audit(
 
 
 def _plan_models(
-    models: Sequence[str], reference: str | None, random: bool, seed: int
-) -> tuple[list[ModelSpec], str | Path]:
-    """The models' specs (an extra reference model first) and the reference to score against."""
+    models: Sequence[str], reference: str | None, random: bool, seed: int, external=None
+) -> tuple[list[ModelSpec], str]:
+    """The models' specs (an extra reference model first) and the reference to score against:
+    a model's name or a ``predictions.npz[#NAME]``."""
     if not models:
         raise UsageError("nothing to audit: give at least one model")
-    specs = [describe_model(ref, random, seed) for ref in models]
+    specs = [describe_model(ref, random, seed, external) for ref in models]
     names = [s.name for s in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UsageError(f"each model must be audited once; repeated: {choices(duplicates)}")
-    if reference is None or reference in names:
-        return specs, reference or names[0]
+    if reference is None:
+        return specs, names[0]
+    by_ref = [s.name for s in specs if reference in (s.ref, s.name)]
+    if by_ref:
+        return specs, by_ref[0]
     if ".npz" in reference:
         return specs, reference
-    extra = describe_model(reference, random, seed)
+    extra = describe_model(reference, random, seed, external)
     return [extra, *specs], extra.name
 
 
-class _Driver:
-    """Places the actors, hands out the (shard, runtime) parts, collects and merges them."""
+def _load_predictions(reference: str, names: list[str]):
+    """The ``predictions.npz[#NAME]`` reference, named as a single-process audit names it."""
+    from .results import Predictions
 
-    def __init__(self, cluster, specs, reference, dataset, out, threads, ship):
+    file, _, artifact = reference.partition("#")
+    if not Path(file).is_file():
+        raise NotFoundError(f"reference predictions {file}: no such file")
+    predictions = Predictions.load(file, artifact or None)
+    if predictions.name in names:  # as audit._predictions_row does against every runner name
+        predictions = replace(predictions, name=f"{predictions.name} [reference]")
+    return predictions
+
+
+def _shard_name(shard) -> str:
+    return f"{shard.index:04d}-of-{shard.count:04d}"
+
+
+class _Driver:
+    """Places the actors, hands out the (shard, runtime) parts, collects, joins and merges."""
+
+    def __init__(self, cluster, specs, reference, dataset, out, threads, workers, ship):
+        from .audit_parts import Selection
+
         self.cluster, self.ray = cluster, cluster.ray
-        self.specs, self.reference, self.dataset = specs, reference, dataset
+        self.specs, self.dataset = specs, dataset
         self.out, self.parts = out, out / PARTS
-        self.threads, self.ship = threads, ship
+        self.threads, self.workers, self.ship = threads, workers, ship
         self.targets = list(dict.fromkeys(spec.target for spec in specs))
+        names = [s.name for s in specs]
+        self.predictions = None
+        if reference not in names:
+            self.predictions = _load_predictions(reference, names)
+            reference, names = self.predictions.name, [self.predictions.name, *names]
+        self.reference, self.names = reference, names
+        self.selection_sha256 = Selection.of(dataset).sha256
         self.slots = self._slots(live_nodes(cluster))
         self.blobs: dict[str, Any] = {}
         self.images: dict[tuple[int, bool], Any] = {}
+        self.pending: dict[int, int] = {}
+        self.failed_shards: set[int] = set()
 
     # --- placing -----------------------------------------------------------------------------
 
@@ -535,7 +638,7 @@ class _Driver:
         by_path = self._by_path(slot)
         specs = [self._shipped(s, by_path) for s in self.specs if s.target == slot.target]
         on_node = sum(1 for s in self.slots if s.node is slot.node)
-        threads = self.threads or max(1, slot.node.cpus // on_node)
+        slot.threads = self.threads or max(1, slot.node.cpus // on_node)
         amount = slot.node.advertised.get(slot.target)
         resources = {RESOURCE_PREFIX + slot.target: min(1.0, amount)} if amount else {}
         actor = self.ray.remote(ShardScorer).options(
@@ -544,8 +647,7 @@ class _Driver:
             scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node.node_id, soft=False),
             max_restarts=0,
         )
-        slot.actor = actor.remote(specs, threads, by_path)
-        slot.threads = threads
+        slot.actor = actor.remote(specs, slot.threads, by_path)
 
     def _shipped(self, spec: ModelSpec, by_path: bool) -> ModelSpec:
         if by_path or spec.path is None:
@@ -554,45 +656,152 @@ class _Driver:
             self.blobs[spec.name] = self.ray.put(pack(spec.path))
         return replace(spec, blob=self.blobs[spec.name])
 
+    def _reference_for(self, target: str):
+        """What an actor of ``target`` scores against: the reference if it holds it, else none
+        (the rows are compared once the shard's parts are joined)."""
+        if self.predictions is not None:
+            return self.predictions if target == self.targets[0] else None
+        holder = next(s.target for s in self.specs if s.name == self.reference)
+        return self.reference if target == holder else None
+
+    # --- parts on disk -----------------------------------------------------------------------
+
+    def _names_of(self, target: str) -> list[str]:
+        names = [s.name for s in self.specs if s.target == target]
+        if self.predictions is not None and target == self.targets[0]:
+            names.insert(0, self.predictions.name)
+        return names
+
+    def _part_path(self, task: _Task) -> Path:
+        return self.parts / task.name
+
+    def _joined_path(self, shard) -> Path:
+        return self.parts / _shard_name(shard)
+
+    def _is_ours(self, path: Path, shard, names: list[str]) -> bool:
+        """Whether ``path`` is a complete part of this audit's ``shard`` with rows ``names``."""
+        from . import audit_parts
+
+        part = audit_parts.complete_part(path)
+        if part is None:
+            return False
+        selection = part.plan["selection"]
+        return (
+            selection["sha256"] == self.selection_sha256
+            and selection["shard"] == str(shard)
+            and [r["name"] for r in part.plan["rows"]] == names
+        )
+
+    def _complete(self, task: _Task) -> bool:
+        return self._is_ours(self._joined_path(task.shard), task.shard, self.names) or (
+            self._is_ours(self._part_path(task), task.shard, self._names_of(task.target))
+        )
+
+    def _check_resumable(self) -> int | None:
+        """The shard count of the parts on disk (``None`` if none); UsageError if they are of
+        another audit (other images or models)."""
+        from . import audit_parts
+
+        counts = set()
+        for path in sorted(self.parts.iterdir()) if self.parts.is_dir() else []:
+            plan = audit_parts.read_plan(path)
+            if plan is None:
+                continue
+            selection = plan["selection"]
+            names = {r["name"] for r in plan["rows"]}
+            if selection["sha256"] != self.selection_sha256 or not names <= set(self.names):
+                raise UsageError(
+                    f"--resume: {path} is a part of another audit (other images or models); "
+                    "drop --resume to start over, or choose another --out"
+                )
+            counts.add(int(str(selection["shard"]).split("/")[1]))
+        if len(counts) > 1:
+            raise UsageError(f"--resume: {self.parts} holds parts of several shard counts")
+        return counts.pop() if counts else None
+
+    def _write_part(self, task: _Task, files: dict[str, bytes]) -> None:
+        from . import atomic
+
+        with atomic.atomic_path(self._part_path(task)) as staged:
+            for relative, data in files.items():
+                if Path(relative).is_absolute() or ".." in Path(relative).parts:
+                    raise ClusterError(f"an actor returned a file outside its part: {relative}")
+                path = staged / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+
+    def _join(self, shard) -> None:
+        """Join the runtimes' parts of ``shard`` into one part (then drop them)."""
+        from . import audit_parts
+
+        joined = self._joined_path(shard)
+        if self._is_ours(joined, shard, self.names):
+            return
+        paths = [self._part_path(_Task(shard, t)) for t in self.targets]
+        parts = [audit_parts.load_part(path) for path in paths]
+        audit_parts.join(parts, self.names, self.reference, joined)
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+
     # --- scheduling --------------------------------------------------------------------------
 
     def run(self, shards: int | None, resume: bool, progress: bool) -> DistributedRun:
+        from . import audit as single
         from .audit_parts import Shard
         from .progress import bar
 
-        busiest = max(sum(1 for s in self.slots if s.target == t) for t in self.targets)
-        count = min(shards or 2 * busiest, len(self.dataset.samples))
+        on_disk = self._check_resumable() if resume else None
+        if shards is None:
+            busiest = max(sum(1 for s in self.slots if s.target == t) for t in self.targets)
+            shards = on_disk or max(2 * busiest, -(-len(self.dataset.samples) // SHARD_IMAGES))
+        elif on_disk is not None and shards != on_disk:
+            raise UsageError(
+                f"--resume: the parts in {self.parts} are of {on_disk} shards, not {shards}; "
+                f"pass --shards {on_disk} or leave it out"
+            )
+        count = max(1, min(shards, len(self.dataset.samples)))
         tasks = [_Task(Shard(k, count), t) for k in range(1, count + 1) for t in self.targets]
-        self.parts.mkdir(parents=True, exist_ok=True)
-        todo = [t for t in tasks if not (resume and self._complete(t))]
         if not resume:
-            self._clear()
+            shutil.rmtree(self.parts, ignore_errors=True)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        todo = [t for t in tasks if not self._complete(t)]
         self.pending = {k: sum(1 for t in todo if t.shard.index == k) for k in range(1, count + 1)}
         for slot in self.slots:
             self._start(slot)
-        failures: list[str] = []
+        failures: list[tuple[_Task, str]] = []
         with bar(enabled=progress, total=len(tasks), unit="part", desc="ray") as progress_bar:
             progress_bar.update(len(tasks) - len(todo))
             self._schedule(todo, failures, progress_bar)
         run = DistributedRun(
             self.parts,
-            [f"{s.target} on {s.node.address} ({s.threads} threads)" for s in self.slots],
+            [
+                f"{s.target} on node {s.node.node_id[:8]} at {s.node.address} ({s.threads} threads)"
+                for s in self.slots
+            ],
+            count,
             len(todo) - len(failures),
             len(tasks) - len(todo),
-            failures,
+            _grouped(failures),
         )
         if not failures:
-            run.outcome = self._merge(tasks, count)
+            shards_ = [Shard(k, count) for k in range(1, count + 1)]
+            for shard in shards_:
+                self._join(shard)  # those whose every part was already on disk
+            (self.out / "report.json").unlink(missing_ok=True)
+            joined = [self._joined_path(shard) for shard in shards_]
+            run.outcome = single.merge(joined, self.out)
+            shutil.rmtree(self.parts, ignore_errors=True)
         return run
 
-    def _schedule(self, todo: list[_Task], failures: list[str], progress_bar) -> None:
+    def _schedule(self, todo: list[_Task], failures: list, progress_bar) -> None:
         """Keep every actor busy with one part at a time until every part is done or failed."""
         queues = {t: deque(task for task in todo if task.target == t) for t in self.targets}
         idle = list(self.slots)
         running: dict[Any, tuple[_Slot, _Task]] = {}
 
         def fail(task: _Task, message: str) -> None:
-            failures.append(f"shard {task.shard} ({task.target}): {message}")
+            failures.append((task, message))
+            self.failed_shards.add(task.shard.index)
             self._done(task)
 
         while True:
@@ -621,3 +830,69 @@ class _Driver:
                 reason = message if kind == "load" else f"no live {task.target} actor left"
                 while queues[task.target]:
                     fail(queues[task.target].popleft(), reason)
+
+    def _submit(self, slot: _Slot, task: _Task):
+        from .audit_parts import Selection
+
+        by_path = self._by_path(slot)
+        key = (task.shard.index, by_path)
+        if key not in self.images:  # once per shard, for every runtime's actor
+            samples = task.shard.select(self.dataset.samples)
+            self.images[key] = self.ray.put(ship_samples(samples, by_path))
+        selection = Selection.of(self.dataset, task.shard)
+        reference = self._reference_for(task.target)
+        return slot.actor.score.remote(self.images[key], selection, reference, self.workers)
+
+    def _collect(self, ready, task: _Task) -> tuple[str, str | None]:
+        """``("ok" | "died" | "load" | "error", message)`` of a finished part."""
+        exceptions = self.ray.exceptions
+        try:
+            scored = self.ray.get(ready)
+        except exceptions.RayActorError as error:
+            if error.actor_init_failed:
+                return "load", _first_line(error)
+            return "died", "its actor died (" + _first_line(error) + ")"
+        except exceptions.RayTaskError as error:
+            return "error", _first_line(error.cause if error.cause is not None else error)
+        if scored.error is not None:
+            return ("load" if scored.load_failed else "error"), scored.error
+        self._write_part(task, scored.files)
+        self._done(task)
+        return "ok", None
+
+    def _done(self, task: _Task) -> None:
+        """One part of ``task.shard`` finished or failed; the last one joins the shard."""
+        index = task.shard.index
+        self.pending[index] -= 1
+        if self.pending[index]:
+            return
+        for by_path in (True, False):
+            self.images.pop((index, by_path), None)  # the object store may free the bytes
+        if index not in self.failed_shards:
+            self._join(task.shard)
+
+    def _replace(self, slot: _Slot) -> bool:
+        """Start a fresh actor for a dead one, once; False when it was replaced already."""
+        if slot.replaced >= MAX_ATTEMPTS - 1:
+            return False
+        slot.replaced += 1
+        self._start(slot)
+        return True
+
+
+def _grouped(failures: list[tuple[_Task, str]]) -> list[str]:
+    """One line per runtime and reason, listing its shards (a model that does not open fails
+    every shard of its runtime the same way)."""
+    shards: dict[tuple[str, str], list] = {}
+    for task, message in failures:
+        shards.setdefault((task.target, message), []).append(task.shard)
+    lines = []
+    for (target, message), found in shards.items():
+        listed = ", ".join(str(shard) for shard in sorted(found, key=lambda shard: shard.index))
+        lines.append(f"{target}: shard{'s' if len(found) > 1 else ''} {listed} failed: {message}")
+    return lines
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
