@@ -188,10 +188,13 @@ def _triple(value, name: str, positive: bool) -> tuple[float, float, float]:
         raise UsageError(f"--{name} {value!r}: expected 3 numbers R,G,B in [0, 1] units")
     if positive and min(numbers) <= 0:
         raise UsageError(f"--{name} {value!r}: expected 3 numbers > 0")
-    if max(numbers) > 1 or (not positive and min(numbers) < 0):
+    if min(numbers) < 0:
+        raise UsageError(f"--{name} {value!r}: expected 3 numbers in [0, 1]")
+    if max(numbers) > 1:
+        scaled = ",".join(f"{v / 255:.4g}" for v in numbers)
         raise UsageError(
             f"--{name} {value!r}: expected [0, 1] units, as in a Hugging Face preprocessor "
-            "config; divide 0..255 values by 255"
+            f"config; for values in 0..255 units divide by 255: --{name} {scaled}"
         )
     return numbers
 

@@ -119,14 +119,20 @@ class OnnxRunner(ArtifactRunner):
         dtype = _ONNX_TYPES.get(inputs[0].type)
         if dtype is None:
             raise ArtifactError(f"{path}: input type {inputs[0].type} not supported")
-        self.input_name = inputs[0].name
-        shape = [n if isinstance(n, int) else 1 for n in inputs[0].shape]  # a symbolic batch
+        self.input_name, self.input_dtype = inputs[0].name, np.dtype(dtype)
+        # A symbolic dimension ("batch", "height") is open: the crop's shape fills it.
+        shape = [n if isinstance(n, int) else None for n in inputs[0].shape]
         self.contract = self.external_contract(shape, dtype)
         classes = (outputs[0].shape or [None])[-1]
-        self.check_classes(classes if isinstance(classes, int) else -1)
+        if not isinstance(classes, int):  # a symbolic class count: run once to learn it
+            side = self.preprocessing.crop_size
+            zeros = np.zeros(self.contract.shape(side), dtype=self.contract.dtype)
+            classes = self.run_contract_input(zeros).shape[-1]
+        self.check_classes(classes)
 
     def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
-        (logits,) = self.session.run(None, {self.input_name: batch})
+        pixels = batch.astype(self.input_dtype, copy=False)  # normalized values of a float16 input
+        (logits,) = self.session.run(None, {self.input_name: pixels})
         return np.asarray(logits, dtype=np.float32).reshape(len(batch), -1)
 
 
@@ -148,7 +154,11 @@ def _onnx_session(path: Path, threads: int | None):
     return session, f"onnxruntime {onnxruntime.__version__}"
 
 
-_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
+_ONNX_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+}
 
 
 # What loading a checkpoint imports; none of it is in the `pi` extra.

@@ -9,9 +9,9 @@ import numpy as np
 
 from edge_convnext import manifest as manifests
 from edge_convnext.contracts import InputContract
-from edge_convnext.errors import ArtifactError
+from edge_convnext.errors import ArtifactError, UsageError
 from edge_convnext.labels import imagenet_labels
-from edge_convnext.preprocess import ExternalInput, Preprocessing, normalize
+from edge_convnext.preprocess import INPUT_LAYOUTS, ExternalInput, Preprocessing, normalize
 
 VERIFY_SHA256 = True
 IMAGENET_CLASSES = 1000
@@ -76,8 +76,13 @@ class ArtifactRunner:
         point: the same real values, which the runner quantizes; ``uint8`` without one (or an
         ``image`` input): raw 0..255 pixels, normalization taken to be inside the model.
 
+        ``shape`` may hold ``None`` for a dimension the artifact leaves open (ONNX's symbolic
+        batch or size): the crop fills it.
+
         Raises:
-            ArtifactError: not one image-shaped input, or a layout or crop that does not fit it.
+            UsageError: ``--input-layout`` or ``--crop`` contradicts the input's shape (the
+                message says what it takes).
+            ArtifactError: not one RGB image input, or an input dtype it cannot be fed.
         """
         dtype = np.dtype(dtype)
         raw = image or (dtype == np.uint8 and not quantized)
@@ -86,7 +91,7 @@ class ArtifactRunner:
                 f"{self.path}: input dtype {dtype.name} without quantization parameters; "
                 "expected float32, uint8 pixels, or a quantized int8/uint8 input"
             )
-        layout = self._layout(tuple(int(n) for n in shape))
+        layout = self._layout(tuple(None if n is None else int(n) for n in shape))
         if raw:
             self.note = (
                 f"input is {dtype.name if not image else 'an image'} without quantization: fed "
@@ -100,22 +105,31 @@ class ArtifactRunner:
             f"{layout} input of an artifact made elsewhere",
         )
 
-    def _layout(self, shape: tuple[int, ...]) -> str:
+    def _layout(self, shape: tuple[int | None, ...]) -> str:
+        """``NHWC`` or ``NCHW``: how ``shape`` (``None``: a dimension the artifact leaves open)
+        takes the crop, as ``--input-layout`` says or, without it, as the shape says."""
         side = self.preprocessing.crop_size
-        shapes = {"NHWC": (1, side, side, 3), "NCHW": (1, 3, side, side)}
         wanted = self.external.layout
-        fits = [layout for layout, expected in shapes.items() if shape == expected]
-        if wanted is not None and wanted not in fits:
+        fits = [layout for layout in INPUT_LAYOUTS if _takes(shape, layout, side)]
+        if fits and (wanted is None or wanted in fits):
+            return wanted or fits[0]
+        shown = "[" + ", ".join("?" if n is None else str(n) for n in shape) + "]"
+        images = _image_layouts(shape)  # what the tensor takes instead, if an RGB image at all
+        if not images:
             raise ArtifactError(
-                f"{self.path}: input shape {list(shape)} is not --input-layout "
-                f"{wanted.lower()} at --crop {side} (expected {list(shapes[wanted])})"
+                f"{self.path}: input shape {shown} is not a batch-1 RGB image (expected "
+                f"{_image_shape('NHWC', side)} or {_image_shape('NCHW', side)} for --crop {side})"
             )
-        if not fits:
-            raise ArtifactError(
-                f"{self.path}: input shape {list(shape)} is not a batch-1 RGB image of the "
-                f"--crop {side} ({list(shapes['NHWC'])} or {list(shapes['NCHW'])})"
+        layout, taken = images[0]
+        if wanted is not None and taken in (None, side) and layout != wanted:
+            raise UsageError(
+                f"{self.path}: input shape {shown} is {layout}, not --input-layout "
+                f"{wanted.lower()}: give --input-layout {layout.lower()} (or leave it out)"
             )
-        return wanted or fits[0]
+        raise UsageError(
+            f"{self.path}: input shape {shown} takes a {taken}x{taken} {layout} image, not "
+            f"--crop {side}: give --crop {taken} (and the --resize that goes with it)"
+        )
 
     def check_classes(self, classes: int) -> None:
         """Accept 1000 ImageNet classes, or 1001 with a background class 0 (dropped).
@@ -133,6 +147,33 @@ class ArtifactRunner:
                 f"{self.path}: {classes} output classes; an artifact made elsewhere must be an "
                 "ImageNet-1k classifier (1000 logits, or 1001 with background first)"
             )
+
+
+def _image_shape(layout: str, side: int | None) -> list[int | None]:
+    return [1, side, side, 3] if layout == "NHWC" else [1, 3, side, side]
+
+
+def _takes(shape: tuple[int | None, ...], layout: str, side: int) -> bool:
+    """Whether ``shape`` (``None``: open) is a batch-1 ``layout`` input of a ``side`` crop."""
+    if len(shape) != 4:
+        return False
+    expected = _image_shape(layout, side)
+    return all(n is None or n == e for n, e in zip(shape, expected, strict=True))
+
+
+def _image_layouts(shape: tuple[int | None, ...]) -> list[tuple[str, int | None]]:
+    """``(layout, side)`` of each way ``shape`` is a batch-1 square RGB image (side ``None``
+    where it is open)."""
+    if len(shape) != 4 or shape[0] not in (1, None):
+        return []
+    found = []
+    for layout, (channels, height, width) in (
+        ("NHWC", (shape[3], shape[1], shape[2])),
+        ("NCHW", (shape[1], shape[2], shape[3])),
+    ):
+        if channels == 3 and (height == width or None in (height, width)):
+            found.append((layout, height if height is not None else width))
+    return found
 
 
 @dataclass(frozen=True)

@@ -490,7 +490,8 @@ class TFLiteRunner(ArtifactRunner):
             self.contract = self.external_contract(
                 self.input["shape"],
                 self.input["dtype"],
-                quantized=_quantization(self.input) is not None,
+                # scale 1, zero point 0: the integers are the pixel values themselves
+                quantized=_quantization(self.input) not in (None, (1.0, 0)),
             )
             self.check_classes(int(np.prod(self.output["shape"])))
             return

@@ -9,7 +9,10 @@ elsewhere": this module converts it with the converters' own APIs, writing **no 
 * ``efficientnet-lite0.fp32.pte``: ExecuTorch XNNPACK, fp32, NCHW float32 input (as torch takes);
 * ``efficientnet-lite0.w8a8.tflite``: the project's PTQ path (litert-torch's PT2E quantizer from
   ``targets.tflite.quantization_scheme`` with the ``w8a8`` recipe's observer and per-channel
-  weights, on every conv and the classifier; ``quantize.ptq.ptq``), NHWC float32 input.
+  weights, on every conv and the classifier; ``quantize.ptq.ptq``), NHWC float32 input;
+* ``efficientnet-lite0.fp32.onnx``: ``torch.onnx.export``, NCHW float32 input;
+* ``efficientnet-lite0.uint8-1001.onnx``: shaped like a classifier from TensorFlow Hub: NHWC
+  uint8 0..255 input normalized inside the graph, 1001 logits with a background class first.
 
 Run as a script to write them to a folder: ``python tests/support/efficientnet_lite0.py OUT
 [--calib DIR]``.
@@ -21,10 +24,12 @@ import argparse
 import contextlib
 import dataclasses
 import io
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from edge_convnext import atomic
 from edge_convnext.preprocess import Preprocessing, find_images, load_crop, normalize
 
 # The model's eval recipe: shorter side 256 bilinear, centre crop 224, (x - 127) / 128.
@@ -48,7 +53,15 @@ PREPROCESS_JSON = {
 FP32_TFLITE = "efficientnet-lite0.fp32.tflite"
 FP32_PTE = "efficientnet-lite0.fp32.pte"
 W8A8_TFLITE = "efficientnet-lite0.w8a8.tflite"
-LAYOUTS = {FP32_TFLITE: "nhwc", FP32_PTE: "nchw", W8A8_TFLITE: "nhwc"}
+FP32_ONNX = "efficientnet-lite0.fp32.onnx"
+UINT8_1001_ONNX = "efficientnet-lite0.uint8-1001.onnx"
+LAYOUTS = {
+    FP32_TFLITE: "nhwc",
+    FP32_PTE: "nchw",
+    W8A8_TFLITE: "nhwc",
+    FP32_ONNX: "nchw",
+    UINT8_1001_ONNX: "nhwc",
+}
 
 
 def load_model():
@@ -119,6 +132,50 @@ def write_pte(model, path: Path) -> Path:
     return path
 
 
+def uint8_with_background(model):
+    """``model`` as TensorFlow Hub classifiers come: ``uint8 (N, 224, 224, 3)`` RGB pixels in,
+    normalized inside the graph; 1001 logits out, class 0 (background) first."""
+    import torch
+
+    class Uint8With1001(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels):
+            logits = self.model((pixels.permute(0, 3, 1, 2).float() - 127.0) / 128.0)
+            return torch.cat([torch.full_like(logits[:, :1], -100.0), logits], dim=1)
+
+    return Uint8With1001().eval()
+
+
+def write_onnx(model, path: Path, example=None) -> Path:
+    """A single-file ``.onnx`` of ``model`` (``torch.onnx.export``, weights inside)."""
+    import torch
+
+    example = _example("nchw") if example is None else example
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter's progress
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamo=True,
+            external_data=False,
+        )
+    return path
+
+
+def write_uint8_1001_onnx(model, path: Path) -> Path:
+    """``.onnx`` of :func:`uint8_with_background`: NHWC uint8 input, 1001 logits."""
+    import torch
+
+    return write_onnx(
+        uint8_with_background(model), path, torch.zeros((1, 224, 224, 3), dtype=torch.uint8)
+    )
+
+
 def write_w8a8_tflite(model, path: Path, calibration: list[Path]) -> Path:
     """w8a8 PTQ ``.tflite``: the project's ``w8a8`` quantizer on every layer, calibrated on
     ``calibration`` (NHWC float32 input, as the fp32 file)."""
@@ -142,20 +199,28 @@ def write_w8a8_tflite(model, path: Path, calibration: list[Path]) -> Path:
     return path
 
 
+FLOAT_WRITERS = {
+    FP32_TFLITE: write_tflite,
+    FP32_PTE: write_pte,
+    FP32_ONNX: write_onnx,
+    UINT8_1001_ONNX: write_uint8_1001_onnx,
+}
+
+
 def write_all(out: Path, calibration: list[Path] | None = None) -> dict[str, Path]:
-    """Write the fp32 ``.tflite`` and ``.pte`` (and, given ``calibration``, the w8a8 ``.tflite``)
-    into ``out``, reusing files already there; no sidecars."""
+    """Write the float files of :data:`FLOAT_WRITERS` (and, given ``calibration``, the w8a8
+    ``.tflite``) into ``out``, reusing files already there (each is written whole, then
+    renamed: a killed run leaves none half-written); no sidecars."""
     out.mkdir(parents=True, exist_ok=True)
     model = load_model()
-    paths = {FP32_TFLITE: out / FP32_TFLITE, FP32_PTE: out / FP32_PTE}
-    if not paths[FP32_TFLITE].is_file():
-        write_tflite(model, paths[FP32_TFLITE])
-    if not paths[FP32_PTE].is_file():
-        write_pte(model, paths[FP32_PTE])
+    writers = dict(FLOAT_WRITERS)
     if calibration:
-        paths[W8A8_TFLITE] = out / W8A8_TFLITE
-        if not paths[W8A8_TFLITE].is_file():
-            write_w8a8_tflite(model, paths[W8A8_TFLITE], calibration)
+        writers[W8A8_TFLITE] = partial(write_w8a8_tflite, calibration=calibration)
+    paths = {name: out / name for name in writers}
+    for name, write in writers.items():
+        if not paths[name].is_file():
+            with atomic.atomic_path(paths[name]) as staged:
+                write(model, staged)
     return paths
 
 
