@@ -127,7 +127,8 @@ EXTERNAL_HELP = _section(
          "mean": [0.498, 0.498, 0.498], "std": [0.502, 0.502, 0.502], "input_layout": "nhwc"}
       flags given beside it override its keys. An artifact with its sidecar, and a checkpoint,
       always use their own preprocessing: the flags apply only to artifacts without one, and
-      are refused (exit 2) when no model needs them.
+      are refused (exit 2) when no model needs them. A quantized file made elsewhere does not
+      say which images it was calibrated on: give those to audit's --exclude.
     """
 )
 
