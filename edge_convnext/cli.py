@@ -1276,7 +1276,8 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         return args.run(args)
     except EdgeConvnextError as error:
-        print(f"edge-convnext: error: {error}", file=sys.stderr)
+        # One write: the ranks of a torchrun job share stderr, their lines must not interleave.
+        sys.stderr.write(f"edge-convnext: error: {error}\n")
         return error.exit_status
     except KeyboardInterrupt:
         print("edge-convnext: interrupted", file=sys.stderr)

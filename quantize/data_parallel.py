@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -98,6 +99,10 @@ class Group:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
+        # Autograd gives the (2, 7) kernels of the split depthwise convolutions gradients in
+        # another memory layout than DDP's buckets: DDP copies them (a few KB a step) and warns
+        # on every rank that this "may impair performance". Measured, it does not matter.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(
             module, device_ids=ids, forward_sync_buffers=False, gradient_as_bucket_view=True

@@ -119,6 +119,11 @@ class QATRun:
         """Average the gradients over the group from now on (DistributedDataParallel)."""
         self.forward = self.group.wrap(self.student)
 
+    def stop_distributing(self) -> None:
+        """Drop the DistributedDataParallel wrapper while the process group is still up: freed
+        after the group is destroyed, its reducer can hang the process on exit."""
+        self.forward = self.student
+
     def step(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> float:
         """One optimisation step on a batch (contract layout, this rank's slice); returns the
         loss of the global batch."""
@@ -394,15 +399,18 @@ def train(
         desc="QAT",
         unit="step",
     )
-    while run.step_index < config.steps:
-        crops = group.shard(batch_for_step(pool, run.step_index, config.batch_size, config.seed))
-        loss = run.step(contract_tensor(crops, contract, loaded.preprocessing))
-        bar.update(1)
-        bar.set_postfix(kl=f"{loss:.4g}")
-        done = run.step_index % config.checkpoint_every == 0 or run.step_index == config.steps
-        if done and group.is_main:
-            save_checkpoint(Path(out), run, meta)
-    bar.close()
+    try:
+        while run.step_index < config.steps:
+            batch = batch_for_step(pool, run.step_index, config.batch_size, config.seed)
+            loss = run.step(contract_tensor(group.shard(batch), contract, loaded.preprocessing))
+            bar.update(1)
+            bar.set_postfix(kl=f"{loss:.4g}")
+            done = run.step_index % config.checkpoint_every == 0 or run.step_index == config.steps
+            if done and group.is_main:
+                save_checkpoint(Path(out), run, meta)
+    finally:
+        run.stop_distributing()
+        bar.close()
     return run
 
 
@@ -473,11 +481,19 @@ def _resume_state(out: Path, resume: bool, meta: dict, config: QATConfig) -> dic
 
 def _on_cpu(value):
     """``value`` (a state: nested dicts/lists of tensors) with every tensor on the CPU, so it
-    unpickles on any rank's device."""
+    unpickles on any rank's device.
+
+    A state dict keeps its ``_metadata``: without the module versions in it, ``load_state_dict``
+    takes the observers' state for version 1 and resets their ``eps`` to the default.
+    """
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, dict):
-        return {key: _on_cpu(item) for key, item in value.items()}
+        moved = type(value)((key, _on_cpu(item)) for key, item in value.items())
+        metadata = getattr(value, "_metadata", None)
+        if metadata is not None:
+            moved._metadata = metadata
+        return moved
     if isinstance(value, (list, tuple)):
         return type(value)(_on_cpu(item) for item in value)
     return value
