@@ -9,7 +9,8 @@ elsewhere": this module converts it with the converters' own APIs, writing **no 
 * ``efficientnet-lite0.fp32.pte``: ExecuTorch XNNPACK, fp32, NCHW float32 input (as torch takes);
 * ``efficientnet-lite0.w8a8.tflite``: the project's PTQ path (litert-torch's PT2E quantizer from
   ``targets.tflite.quantization_scheme`` with the ``w8a8`` recipe's observer and per-channel
-  weights, on every conv and the classifier; ``quantize.ptq.ptq``), NHWC float32 input;
+  weights; ``quantize.ptq.ptq``) with three annotations that quantizer lacks
+  (:func:`relu6_quantization_scheme`), every op int8, NHWC int8 input;
 * ``efficientnet-lite0.fp32.onnx``: ``torch.onnx.export``, NCHW float32 input;
 * ``efficientnet-lite0.uint8-1001.onnx``: shaped like a classifier from TensorFlow Hub: NHWC
   uint8 0..255 input normalized inside the graph, 1001 logits with a background class first.
@@ -176,9 +177,156 @@ def write_uint8_1001_onnx(model, path: Path) -> Path:
     )
 
 
-def write_w8a8_tflite(model, path: Path, calibration: list[Path]) -> Path:
-    """w8a8 PTQ ``.tflite``: the project's ``w8a8`` quantizer on every layer, calibrated on
-    ``calibration`` (NHWC float32 input, as the fp32 file)."""
+# Clamps TFLite fuses into the conv before it quantizes the output (RELU6, RELU_N1_TO_1,
+# RELU_0_TO_1), as ``(min, max)``.
+FUSED_CLAMPS = {(0.0, 6.0), (-1.0, 1.0), (0.0, 1.0)}
+
+
+def _clamp_bounds(node) -> tuple[float, float] | None:
+    """``(min, max)`` of a clamp node (``nn.ReLU6`` exports as ``aten.hardtanh``, ``F.relu6`` as
+    ``aten.relu6``), None for any other node."""
+    import torch
+
+    if node.op != "call_function":
+        return None
+    if node.target in (torch.ops.aten.relu6.default, torch.ops.aten.relu6_.default):
+        return (0.0, 6.0)
+    if node.target in (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default):
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        return (float(low), float(high))
+    return None
+
+
+def _annotate_conv_clamp(graph, config, filter_fn) -> None:
+    """conv -> ReLU6 as one quantized op: input and weight quantized at the conv, the output
+    after the clamp, as TFLite's fused activation does.
+
+    litert-torch's quantizer fuses conv -> ReLU only; alone, a conv's output is quantized over
+    its whole pre-clamp range (the stem's: -57..40, scale 0.38, 16 steps left for 0..6) and the
+    clamp shares that scale.
+    """
+    import torch
+    from litert_torch.quantize import pt2e_quantizer_utils as annotation
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    convs = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
+    for clamp in graph.graph.nodes:
+        conv = clamp.args[0] if clamp.args else None
+        if _clamp_bounds(clamp) not in FUSED_CLAMPS or not isinstance(conv, torch.fx.Node):
+            continue
+        if conv.op != "call_function" or conv.target not in convs or len(conv.users) != 1:
+            continue
+        inputs = {conv.args[0]: annotation.get_input_act_qspec(config)}
+        inputs[conv.args[1]] = annotation.get_weight_qspec(config)
+        bias = conv.args[2] if len(conv.args) > 2 else None
+        if isinstance(bias, torch.fx.Node):
+            inputs[bias] = annotation.get_bias_qspec(config)
+        partition = [clamp, conv, *list(inputs)[1:]]
+        if annotation._is_annotated(partition) or not all(map(filter_fn, partition)):
+            continue
+        conv.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map=inputs, _annotated=True
+        )
+        clamp.meta["quantization_annotation"] = QuantizationAnnotation(
+            output_qspec=annotation.get_output_act_qspec(config), _annotated=True
+        )
+        annotation._mark_nodes_as_annotated(partition)
+
+
+def _annotate_adds(graph, config, filter_fn) -> None:
+    """Tensor adds (the residuals) as int8 ops.
+
+    litert-torch's ``add`` annotator finds adds by ``source_fn_stack``, which
+    ``torch.export``'s default (non-strict) mode does not record: unannotated, 7 of
+    EfficientNet-Lite0's 9 adds stay float ops between DEQUANTIZE and QUANTIZE in the ``.tflite``.
+    """
+    import torch
+    from litert_torch.quantize import pt2e_quantizer_utils as annotation
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    for add in graph.graph.nodes:
+        if add.op != "call_function" or add.target != torch.ops.aten.add.Tensor:
+            continue
+        if annotation._is_annotated([add]) or not filter_fn(add):
+            continue
+        inputs = [arg for arg in add.args[:2] if isinstance(arg, torch.fx.Node)]
+        add.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={arg: annotation.get_input_act_qspec(config) for arg in inputs},
+            output_qspec=annotation.get_output_act_qspec(config),
+            _annotated=True,
+        )
+
+
+def _share_through_padding(graph) -> None:
+    """Zero padding keeps its input's scale (zero is exact at any zero point): without this the
+    "SAME" padding before each depthwise conv is requantized by a QUANTIZE op of its own."""
+    import torch
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        SharedQuantizationSpec,
+    )
+
+    pads = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
+    for pad in graph.graph.nodes:
+        if (
+            pad.op != "call_function"
+            or pad.target not in pads
+            or "quantization_annotation" in pad.meta
+        ):
+            continue
+        source = pad.args[0]
+        source_annotation = source.meta.get("quantization_annotation")
+        if source_annotation is None or source_annotation.output_qspec is None:
+            continue
+        shared = SharedQuantizationSpec(source)
+        pad.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={source: shared}, output_qspec=shared, _annotated=True
+        )
+
+
+def relu6_quantization_scheme(recipe):
+    """``targets.tflite.quantization_scheme(recipe)`` with the annotations a ReLU6 network needs
+    (conv + ReLU6 fused, residual adds, padding sharing its input's scale); same observers,
+    per-channel weights and filters (the recipe's ``layers``).
+
+    The extra annotators run first inside the project quantizer's own pattern pass: a mixin
+    after it in the MRO receives the filter it has already combined with the recipe's.
+    """
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+
+    from edge_convnext.quantize.ptq import PT2EScheme
+    from edge_convnext.targets import tflite
+
+    scheme = tflite.quantization_scheme(recipe)
+
+    class Relu6Annotations(PT2EQuantizer):
+        def _annotate_all_static_patterns(self, model, quantization_config, filter_fn=None):
+            if quantization_config is not None and quantization_config.input_activation:
+                allowed = filter_fn or (lambda node: True)
+                _annotate_conv_clamp(model, quantization_config, allowed)
+                _annotate_adds(model, quantization_config, allowed)
+            return super()._annotate_all_static_patterns(model, quantization_config, filter_fn)
+
+        def annotate(self, model):
+            model = super().annotate(model)
+            _share_through_padding(model)
+            return model
+
+    project_quantizer = type(scheme.quantizer)
+    quantizer_class = type("Relu6Quantizer", (project_quantizer, Relu6Annotations), {})
+    quantizer = quantizer_class().set_global(scheme.quantizer.global_config)
+    return PT2EScheme(quantizer, fold_quantize=scheme.fold_quantize)
+
+
+def write_w8a8_tflite(
+    model, path: Path, calibration: list[Path], *, relu6_annotations: bool = True
+) -> Path:
+    """w8a8 PTQ ``.tflite``: :func:`relu6_quantization_scheme` of the ``w8a8`` recipe on every
+    layer, calibrated on ``calibration`` (NHWC input, int8 as the converter makes it).
+
+    ``relu6_annotations=False``: the project's TFLite quantizer as it is, for comparison.
+    """
     import torch
     from litert_torch.quantize.quant_config import QuantConfig
 
@@ -187,7 +335,10 @@ def write_w8a8_tflite(model, path: Path, calibration: list[Path]) -> Path:
     from edge_convnext.targets import tflite
 
     recipe = dataclasses.replace(RECIPES["w8a8"], layers=(), smoothquant_alpha=None)
-    scheme = tflite.quantization_scheme(recipe)
+    if relu6_annotations:
+        scheme = relu6_quantization_scheme(recipe)
+    else:
+        scheme = tflite.quantization_scheme(recipe)
     batches = [
         torch.from_numpy(normalize(load_crop(p, PREPROCESSING), PREPROCESSING)).permute(0, 2, 3, 1)
         for p in calibration
