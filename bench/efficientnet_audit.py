@@ -14,19 +14,23 @@ TensorFlow-Hub-shaped ``.onnx`` (uint8 NHWC input, 1001 logits) and a w8a8 PTQ `
    top-1 and, image by image, whether each file is right where PyTorch is;
 4. the w8a8 ``.tflite`` is calibrated on the first ``--calib`` photos (sorted order, the
    convention of ``bench/speed.py``) and audited against the fp32 ``.tflite`` on the rest, the
-   calibration photos passed to ``--exclude``: top-1 of both, the drop and McNemar's p.
+   calibration photos passed to ``--exclude``: top-1 of both, the drop and McNemar's p. A second
+   w8a8 file, made with the project's TFLite quantizer as it is (no conv + ReLU6 fusion, float
+   adds), is audited beside it for comparison.
 
     flock -s /tmp/cpu.lock python bench/efficientnet_audit.py \\
         --data /work/shared/imagenet-sample/val --work /tmp/lite0-audit
 
 Accuracies, not timings: a shared lock is enough. Prints a Markdown report; ``--json`` writes the
-numbers. Converted files are reused from ``--work`` (the w8a8 one is keyed by ``--calib``).
+numbers. Converted files are reused from ``--work``, keyed by ``--calib`` and by the source that
+makes them (the support module, the project's TFLite quantizer and PTQ driver).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import shutil
 import sys
@@ -40,10 +44,17 @@ sys.path.insert(0, str(REPO / "tests"))  # the support module and the layout bui
 from support import efficientnet_lite0 as lite0  # noqa: E402
 from test_data import BUILDERS, Photo  # noqa: E402
 
-from edge_convnext import cli, metrics  # noqa: E402
+from edge_convnext import atomic, cli, metrics  # noqa: E402
 from edge_convnext.data import LAYOUTS, load_dataset  # noqa: E402
 
 FLOAT_FILES = (lite0.FP32_TFLITE, lite0.FP32_PTE, lite0.FP32_ONNX, lite0.UINT8_1001_ONNX)
+QUANTIZER_SOURCES = (REPO / "targets" / "tflite.py", REPO / "quantize" / "ptq.py")
+# The comparison file: the project's TFLite quantizer without the support module's annotations.
+W8A8_PROJECT = "efficientnet-lite0.w8a8-project-quantizer.tflite"
+QUANTIZED = {
+    lite0.W8A8_TFLITE: "conv + ReLU6 fused, int8 adds (support module)",
+    W8A8_PROJECT: "project quantizer as is",
+}
 
 
 def photos_of(data: Path) -> tuple[list[Photo], list[Path]]:
@@ -108,11 +119,16 @@ def pytorch_right(pytorch: dict[str, np.ndarray], photos: list[Photo]) -> dict[s
     return {p.name: bool(np.argmax(pytorch[p.name]) == p.label) for p in photos}
 
 
-def w8a8_row(artifacts, layouts, work, calibration_keys) -> dict:
-    """fp32 vs w8a8 ``.tflite`` on the imagefolder layout, calibration photos excluded."""
-    fp32, w8a8 = artifacts[lite0.FP32_TFLITE], artifacts[lite0.W8A8_TFLITE]
+def w8a8_rows(artifacts, layouts, work, calibration_keys) -> list[dict]:
+    """fp32 vs each w8a8 ``.tflite`` on the imagefolder layout, calibration photos excluded."""
+    fp32 = artifacts[lite0.FP32_TFLITE]
+    quantized_files = [artifacts[name] for name in QUANTIZED]
     report, predictions = run_audit(
-        [fp32, w8a8], layouts["imagefolder"], work / "audit-w8a8", "--exclude", *calibration_keys
+        [fp32, *quantized_files],
+        layouts["imagefolder"],
+        work / "audit-w8a8",
+        "--exclude",
+        *calibration_keys,
     )
     keys = sorted(predictions[str(fp32)])
     if set(keys) & set(calibration_keys):
@@ -120,23 +136,32 @@ def w8a8_row(artifacts, layouts, work, calibration_keys) -> dict:
     labels = np.array([predictions[str(fp32)][k][0] for k in keys])
     right = {
         str(path): np.argmax(np.stack([predictions[str(path)][k][1] for k in keys]), 1) == labels
-        for path in (fp32, w8a8)
+        for path in (fp32, *quantized_files)
     }
     by_name = {r["artifact"]: r for r in report["artifacts"]}
-    reference, quantized = by_name[str(fp32)], by_name[str(w8a8)]
+    reference = by_name[str(fp32)]
+    return [
+        w8a8_row(reference, by_name[str(path)], right[str(fp32)], right[str(path)])
+        | {"file": path.name, "quantizer": QUANTIZED[path.name]}
+        | {"calibration_images": len(calibration_keys)}
+        for path in quantized_files
+    ]
+
+
+def w8a8_row(reference: dict, quantized: dict, right_fp32, right_w8a8) -> dict:
+    """One quantized file's numbers against the fp32 one (report rows, per-image rightness)."""
     return {
         "n": quantized["n"],
-        "calibration_images": len(calibration_keys),
-        "fp32_correct": int(right[str(fp32)].sum()),
-        "w8a8_correct": int(right[str(w8a8)].sum()),
+        "fp32_correct": int(right_fp32.sum()),
+        "w8a8_correct": int(right_w8a8.sum()),
         "fp32_top1": reference["top1"]["value"],
         "w8a8_top1": quantized["top1"]["value"],
         "w8a8_top1_ci95": quantized["top1"]["ci95"],
         "drop_points": 100 * (reference["top1"]["value"] - quantized["top1"]["value"]),
-        "fp32_only_right": int((right[str(fp32)] & ~right[str(w8a8)]).sum()),
-        "w8a8_only_right": int((~right[str(fp32)] & right[str(w8a8)]).sum()),
+        "fp32_only_right": int((right_fp32 & ~right_w8a8).sum()),
+        "w8a8_only_right": int((~right_fp32 & right_w8a8).sum()),
         "mcnemar_p": quantized["mcnemar_p"],
-        "mcnemar_p_recomputed": metrics.mcnemar_exact_p(right[str(fp32)], right[str(w8a8)]),
+        "mcnemar_p_recomputed": metrics.mcnemar_exact_p(right_fp32, right_w8a8),
         "agreement_top1": quantized["agreement_top1"],
         "cosine_mean": quantized["cosine_mean"],
         "snr_db": quantized["snr_db"],
@@ -162,24 +187,39 @@ def markdown(result: dict) -> str:
             f"{'yes' if row['labels_equal'] else 'NO'} | {row['same_as_pytorch']}/{row['n']} | "
             f"{row['max_logit_gap']:.1e} |"
         )
-    q = result["w8a8"]
+    q = result["w8a8"][0]
     lines += [
         "",
-        f"w8a8 PTQ `.tflite`, calibrated on the first {q['calibration_images']} photos (sorted "
-        f"paths), audited against the fp32 `.tflite` on the other {q['n']} (`--exclude`; "
-        f"eager PyTorch: {q['pytorch_correct']}/{q['n']} on them):",
+        f"w8a8 PTQ `.tflite` files, calibrated on the first {q['calibration_images']} photos "
+        f"(sorted paths), audited against the fp32 `.tflite` on the other {q['n']} "
+        f"(`--exclude`; eager PyTorch: {result['pytorch_correct_held_out']}/{q['n']} on them):",
         "",
-        "| fp32 top-1 | w8a8 top-1 [95% CI] | drop | fp32-only right / w8a8-only right "
-        "| McNemar p | agree | cosine | SNR dB | MB fp32 -> w8a8 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-        f"| {q['fp32_correct']}/{q['n']} ({100 * q['fp32_top1']:.1f}%) "
-        f"| {q['w8a8_correct']}/{q['n']} ({100 * q['w8a8_top1']:.1f}%) "
-        f"[{100 * q['w8a8_top1_ci95'][0]:.1f}, {100 * q['w8a8_top1_ci95'][1]:.1f}] "
-        f"| {q['drop_points']:+.1f} pts | {q['fp32_only_right']} / {q['w8a8_only_right']} "
-        f"| {q['mcnemar_p']:.3g} | {100 * q['agreement_top1']:.1f}% | {q['cosine_mean']:.4f} "
-        f"| {q['snr_db']:.1f} | {q['fp32_mb']:.1f} -> {q['w8a8_mb']:.1f} |",
+        "| w8a8 quantizer | fp32 top-1 | w8a8 top-1 [95% CI] | drop "
+        "| fp32-only right / w8a8-only right | McNemar p | agree | cosine | SNR dB "
+        "| MB fp32 -> w8a8 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    for q in result["w8a8"]:
+        lines.append(
+            f"| {q['quantizer']} | {q['fp32_correct']}/{q['n']} ({100 * q['fp32_top1']:.1f}%) "
+            f"| {q['w8a8_correct']}/{q['n']} ({100 * q['w8a8_top1']:.1f}%) "
+            f"[{100 * q['w8a8_top1_ci95'][0]:.1f}, {100 * q['w8a8_top1_ci95'][1]:.1f}] "
+            f"| {q['drop_points']:+.1f} pts | {q['fp32_only_right']} / {q['w8a8_only_right']} "
+            f"| {q['mcnemar_p']:.3g} | {100 * q['agreement_top1']:.1f}% "
+            f"| {q['cosine_mean']:.4f} | {q['snr_db']:.1f} "
+            f"| {q['fp32_mb']:.1f} -> {q['w8a8_mb']:.1f} |"
+        )
     return "\n".join(lines)
+
+
+def project_quantizer_file(path: Path, calibration: list[Path]) -> Path:
+    """The w8a8 file made with the project's TFLite quantizer as it is (reused if there)."""
+    if not path.is_file():
+        with atomic.atomic_path(path) as staged:
+            lite0.write_w8a8_tflite(
+                lite0.load_model(), staged, calibration, relu6_annotations=False
+            )
+    return path
 
 
 def main() -> None:
@@ -202,7 +242,12 @@ def main() -> None:
     )
     calibration = paths[: args.calib]
     calibration_keys = [p.name for p in photos[: args.calib]]
-    artifacts = lite0.write_all(args.work / f"artifacts-calib{args.calib}", calibration)
+    source_key = hashlib.sha256(
+        b"".join(path.read_bytes() for path in (Path(lite0.__file__), *QUANTIZER_SOURCES))
+    ).hexdigest()[:12]
+    artifacts_dir = args.work / f"artifacts-calib{args.calib}-{source_key}"
+    artifacts = lite0.write_all(artifacts_dir, calibration)
+    artifacts[W8A8_PROJECT] = project_quantizer_file(artifacts_dir / W8A8_PROJECT, calibration)
     layouts_root = args.work / "layouts"
     shutil.rmtree(layouts_root, ignore_errors=True)  # cheap to rebuild; never half-built
     layouts = {name: BUILDERS[name](layouts_root / name, photos) for name in LAYOUTS}
@@ -212,10 +257,10 @@ def main() -> None:
         "images": len(photos),
         "pytorch_correct": sum(pytorch_right(pytorch, photos).values()),
         "float": float_rows(files, layouts, args.work, photos, pytorch),
-        "w8a8": w8a8_row(artifacts, layouts, args.work, calibration_keys),
+        "w8a8": w8a8_rows(artifacts, layouts, args.work, calibration_keys),
     }
     held_out = pytorch_right(pytorch, photos[args.calib :])
-    result["w8a8"]["pytorch_correct"] = sum(held_out.values())
+    result["pytorch_correct_held_out"] = sum(held_out.values())
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
