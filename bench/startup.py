@@ -7,11 +7,13 @@ see the same load; the load average is printed before and after. Both trees run 
 site-dirs that mirror the installed layout (``targets/`` and ``quantize/`` become
 ``edge_convnext.targets`` / ``edge_convnext.quantize``), with the same interpreter and cwd.
 ``--installed`` times the ``edge-convnext`` on PATH instead (what runs inside the emulated Pi
-root, where only the wheel is installed).
+root, where only the wheel is installed), alternating with ``--before-exe`` (the earlier code's
+``edge-convnext``, installed in its own venv) if given.
 
     python bench/startup.py --model tiny.fp32.app.tflite --photo tests/fixtures/photos/chelsea.jpg
     python bench/startup.py --before /tmp/before --model M.tflite --photo P.jpg --runs 10
     python bench/startup.py --installed --model M.tflite --photo P.jpg --runs 5   # on a Pi
+    python bench/startup.py --installed --before-exe venv-before/bin/edge-convnext ...
 
 Run it under an otherwise idle machine (or a lock shared with whatever else runs): start-up is
 mostly CPU time, so other load inflates every figure.
@@ -70,20 +72,32 @@ def main() -> int:
     parser.add_argument("--before", type=Path, help="source tree of the earlier code")
     parser.add_argument("--before-model", help="the model for --before, if it needs its own")
     parser.add_argument("--installed", action="store_true", help="time `edge-convnext` on PATH")
+    parser.add_argument("--before-exe", help="with --installed: the earlier code's edge-convnext")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.installed and args.before:
+        parser.error("--installed times installed commands: give the earlier one as --before-exe")
+    if args.before_exe and not args.installed:
+        parser.error("--before-exe goes with --installed (a source tree goes in --before)")
     model, photo = str(Path(args.model).resolve()), str(Path(args.photo).resolve())
 
     work = Path(tempfile.mkdtemp(prefix="startup-"))
-    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Bytecode caches on, as an installed package has them (pip compiles them at install): a
+    # PYTHONDONTWRITEBYTECODE=1 environment would otherwise time compiling every module.
+    base = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
+    }
     base["TF_CPP_MIN_LOG_LEVEL"] = "2"
     versions: dict[str, tuple[list[str], dict[str, str], str]] = {}
     if args.installed:
         exe = shutil.which("edge-convnext")
         if exe is None:
             raise SystemExit("--installed: no edge-convnext on PATH")
-        versions["installed"] = ([exe], base, model)
+        versions["now"] = ([exe], base, model)
+        if args.before_exe:
+            before_model = str(Path(args.before_model or args.model).resolve())
+            versions["before"] = ([str(Path(args.before_exe).resolve())], base, before_model)
     else:
         python = [sys.executable, "-m", "edge_convnext"]
         site = stage(REPO, work / "now")

@@ -8,6 +8,10 @@
 #   bash scripts/pi-e2e.sh --dry-run         # host half only: wheel, aarch64 wheels, artifacts,
 #                                            # host reference runs; no root, no emulation
 #   bash scripts/pi-e2e.sh --check           # syntax + tool check only (what CI runs: seconds)
+#   sudo bash scripts/pi-e2e.sh --pte        # also the cost of running a .pte on a Pi: ExecuTorch
+#                                            # and torch (aarch64, resolved inside the root, so
+#                                            # needs network there) in their own venv, its size,
+#                                            # install time and a .pte predict against the host's
 #
 # Caches (never in the repo): $EDGE_CONVNEXT_PI_CACHE (default /var/cache/edge-convnext-pi)
 # holds the finished root (debootstrap: 4-7 min cold), the aarch64 wheels and the full-size
@@ -15,14 +19,18 @@
 # rebuilds it). Each run's outputs go to $CACHE/run/.
 # Emulation shows correctness, not speed: qemu's timings say nothing about a Pi's.
 set -euo pipefail
+{ # the whole script is parsed before it runs: editing it mid-run cannot derail a running check
 
 MODE=full
-case "${1:-}" in
---dry-run) MODE=host ;;
---check) MODE=check ;;
-"") ;;
-*) echo "usage: $0 [--dry-run | --check]" >&2; exit 2 ;;
-esac
+PTE=0
+for arg in "$@"; do
+    case "$arg" in
+    --dry-run) MODE=host ;;
+    --check) MODE=check ;;
+    --pte) PTE=1 ;;
+    *) echo "usage: $0 [--dry-run | --check] [--pte]" >&2; exit 2 ;;
+    esac
+done
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${EDGE_CONVNEXT_PI_CACHE:-/var/cache/edge-convnext-pi}"
@@ -41,10 +49,22 @@ ALT_RUNTIME=(tflite-runtime==2.14.0 "numpy<2")
 say() { printf '\n== %s\n' "$*"; }
 stamp() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(stamp)" 'BEGIN { printf "%.1f", b - a }'; }
+quiet() { # run a host command, its output to $RUN/host.log; shown only if it fails
+    "$@" >>"$RUN/host.log" 2>&1 || { tail -30 "$RUN/host.log" >&2; return 1; }
+}
 
 if [[ $MODE == check ]]; then
     bash -n "$0"
     "$PY" -c "import edge_convnext.predict, edge_convnext.cli" # the host half's imports
+    "$PY" - "$0" <<'PY' # the embedded Python compiles (it otherwise runs only after minutes)
+import re
+import sys
+
+blocks = re.findall(r"<<'PY'\n(.*?)\nPY\n", open(sys.argv[1]).read(), re.S)
+for number, block in enumerate(blocks, 1):
+    compile(block, f"{sys.argv[1]} (embedded Python {number})", "exec")
+print(f"{len(blocks)} embedded Python blocks compile")
+PY
     echo "pi-e2e.sh: syntax ok; run 'sudo bash $0' for the emulated aarch64 check"
     exit 0
 fi
@@ -58,6 +78,13 @@ say "host: the project's wheel"
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$RUN/wheels" "$REPO"
 WHEEL="$(ls "$RUN"/wheels/edge_convnext-*.whl)"
 echo "$WHEEL"
+# The code before the Pi CLI work, for the start-up comparison (skipped outside a git checkout).
+BEFORE="${EDGE_CONVNEXT_PI_BEFORE:-c5f4b71}"
+mkdir -p "$RUN/before-src"
+if git -C "$REPO" archive "$BEFORE" 2>/dev/null | tar -x -C "$RUN/before-src" 2>/dev/null; then
+    quiet "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$RUN/wheels-before" "$RUN/before-src"
+    echo "before ($BEFORE): $(ls "$RUN"/wheels-before/*.whl)"
+fi
 
 say "host: aarch64 wheels for the pi extra (pip download, cached)"
 T=$(stamp)
@@ -115,12 +142,12 @@ if not (full / "ckpt").exists():
 PY
 export TF_CPP_MIN_LOG_LEVEL=2
 for recipe in fp32 w8a8; do
-    edge-convnext export "$RUN/host/tiny" --target tflite --recipe "$recipe" --calib "$RUN/host/calib" \
-        -o "$RUN/host/art" >/dev/null 2>&1
+    quiet edge-convnext export "$RUN/host/tiny" --target tflite --recipe "$recipe" \
+        --calib "$RUN/host/calib" -o "$RUN/host/art" --no-progress
 done
 if [[ ! -f "$FULL/art/ckpt.w8a8.app.tflite" ]]; then
-    edge-convnext export "$FULL/ckpt" --target tflite --recipe w8a8 --calib "$FULL/calib" \
-        -o "$FULL/art.partial" >/dev/null 2>&1
+    quiet edge-convnext export "$FULL/ckpt" --target tflite --recipe w8a8 --calib "$FULL/calib" \
+        -o "$FULL/art.partial" --no-progress
     mv "$FULL/art.partial" "$FULL/art"
 fi
 cp "$FULL"/art/ckpt.w8a8.app.tflite* "$RUN/host/art/"
@@ -137,8 +164,32 @@ edge-convnext predict art/ckpt.w8a8.app.tflite val/n02123159/chelsea.jpg val/n03
 # fp32 PyTorch logits of the tiny checkpoint + both tiny files, as a reference for the Pi.
 edge-convnext audit tiny art/tiny.fp32.app.tflite art/tiny.w8a8.app.tflite --data val \
     --out audit-host --no-progress >audit-host.txt 2>&1
-ls audit-host
+# The same for the full-size checkpoint and its int8 file (4 images: ~1 min emulated per audit).
+edge-convnext audit "$FULL/ckpt" art/ckpt.w8a8.app.tflite --data val \
+    --out audit-host-full --no-progress >audit-host-full.txt 2>&1
+ls audit-host audit-host-full
 cd "$REPO"
+if [[ $PTE == 1 ]]; then
+    say "host: .pte files (tiny ConvNeXt fp32 + w8a8) and the host's predictions"
+    T=$(stamp)
+    for recipe in fp32 w8a8; do
+        quiet edge-convnext export "$RUN/host/tiny" --target executorch --recipe "$recipe" \
+            --calib "$RUN/host/calib" -o "$RUN/host/art" --no-progress
+        (cd "$RUN/host" && edge-convnext predict "art/tiny.$recipe.app.pte" val/ --json \
+            >"predict.tiny.$recipe.pte.jsonl" 2>>"$RUN/host.log")
+    done
+    # What a .pte needs beside the pi extra: the project's own pins (pyproject.toml).
+    PTE_PINS="$("$PY" - "$REPO/pyproject.toml" <<'PY'
+import sys
+import tomllib
+
+extras = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]
+pins = [r for r in extras["executorch"] + extras["torch"] if r.split("==")[0] in ("executorch", "torch")]
+print(" ".join(pins))
+PY
+)"
+    echo ".pte export + host predict: $(since "$T") s; a Pi needs [pi] + $PTE_PINS"
+fi
 echo "host half: $(since "$T0") s"
 if [[ $MODE == host ]]; then
     echo "dry run: host half done; outputs in $RUN"
@@ -172,28 +223,36 @@ cp -r "$CACHE/wheels-aarch64-alt" "$PI/wheels-alt"
 cp "$WHEEL" "$PI/wheels/"
 cp -r "$RUN/host/art" "$RUN/host/val" "$PI/"
 cp "$REPO/bench/startup.py" "$PI/"
-mkdir -p "$PI/host" && cp "$RUN"/host/audit-host/{manifest.json,predictions.npz} "$PI/host/"
-# A Pi 5's cpuinfo (Cortex-A76): LiteRT/XNNPACK read it; the host's x86 one can crash them.
-cat >"$CACHE/cpuinfo-a76" <<'EOF'
-processor	: 0
-BogoMIPS	: 108.00
-Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
-CPU implementer	: 0x41
-CPU architecture: 8
-CPU variant	: 0x4
-CPU part	: 0xd0b
-CPU revision	: 1
-
-EOF
+mkdir -p "$PI/host" "$PI/host-full"
+cp "$RUN"/host/audit-host/{manifest.json,predictions.npz} "$PI/host/"
+cp "$RUN"/host/audit-host-full/{manifest.json,predictions.npz} "$PI/host-full/"
+# A Pi 5's CPU as LiteRT/XNNPACK's cpuinfo reads it: /proc/cpuinfo (4 Cortex-A76 cores) and the
+# /sys/devices/system/cpu lists. The host's x86 /proc/cpuinfo can crash them; without the /sys
+# lists cpuinfo fails to initialise and LiteRT silently skips XNNPACK, the delegate a Pi runs.
+CPU="$CACHE/cpu-pi5"
+rm -rf "$CPU" && mkdir -p "$CPU/sys/devices/system/cpu"
+for n in 0 1 2 3; do
+    printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 %s\n' \
+        "$n" "atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
+    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\n'
+    printf 'CPU revision\t: 1\n\n'
+    cpu="$CPU/sys/devices/system/cpu/cpu$n"
+    mkdir -p "$cpu/cpufreq" "$cpu/topology" "$cpu/regs/identification"
+    echo 0x00000000414fd0b1 >"$cpu/regs/identification/midr_el1" # Cortex-A76 r4p1 (torch reads it)
+    echo 2400000 >"$cpu/cpufreq/cpuinfo_max_freq"
+    echo 0 >"$cpu/topology/physical_package_id"
+    echo 0-3 >"$cpu/topology/core_siblings_list"
+    echo "$n" >"$cpu/topology/thread_siblings_list"
+done >"$CPU/cpuinfo"
+for list in possible present online; do echo 0-3 >"$CPU/sys/devices/system/cpu/$list"; done
 cleanup() {
-    umount "$ROOT/proc/cpuinfo" 2>/dev/null || true
-    umount "$ROOT/proc" 2>/dev/null || true
-    umount "$ROOT/dev" 2>/dev/null || true
+    for mounted in proc/cpuinfo proc sys dev; do umount "$ROOT/$mounted" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 mount -t proc proc "$ROOT/proc"
-mount --bind "$CACHE/cpuinfo-a76" "$ROOT/proc/cpuinfo"
-mount --bind /dev "$ROOT/dev" # /sys stays unmounted
+mount --bind "$CPU/cpuinfo" "$ROOT/proc/cpuinfo"
+mount --bind "$CPU/sys" "$ROOT/sys" # only the fake CPU lists: nothing else of the host's /sys
+mount --bind /dev "$ROOT/dev"
 CHROOT="$(command -v chroot)"
 pi() { # run a command in the arm64 root, with nothing of the host's environment
     env -i PATH=/opt/pi/venv/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 QEMU_CPU=cortex-a76 \
@@ -213,8 +272,15 @@ pi '! python -c "import torch" 2>/dev/null && ! pip show torch transformers core
 echo "install: $INSTALL_S s"
 
 say "pi: start-up (emulated wall time: qemu's, not a Pi's)"
-pi "python startup.py --installed --model art/tiny.fp32.app.tflite --photo val/n02123159/chelsea.jpg \
-    --runs ${EDGE_CONVNEXT_PI_STARTUP_RUNS:-5} --json startup.json"
+BEFORE_EXE=()
+if compgen -G "$RUN/wheels-before/*.whl" >/dev/null; then
+    cp -r "$RUN/wheels-before" "$PI/"
+    pi 'python3 -m venv venv-before && venv-before/bin/pip install -q --no-index --find-links wheels pip &&
+        venv-before/bin/pip install -q --no-index --find-links wheels "$(ls wheels-before/*.whl)[pi]"'
+    BEFORE_EXE=(--before-exe venv-before/bin/edge-convnext)
+fi
+pi "python startup.py --installed ${BEFORE_EXE[*]} --model art/tiny.fp32.app.tflite \
+    --photo val/n02123159/chelsea.jpg --runs ${EDGE_CONVNEXT_PI_STARTUP_RUNS:-5} --json startup.json"
 cp "$PI/startup.json" "$RUN/pi-startup.json"
 
 say "pi: predict (JSON lines) on the same files and photos as the host"
@@ -226,7 +292,10 @@ T1=$(stamp) # full-size ConvNeXt-T int8: ~10-17 s per emulated invoke
 pi 'edge-convnext predict art/ckpt.w8a8.app.tflite val/n02123159/chelsea.jpg val/n03063599/coffee.jpg --json' \
     >"$RUN/pi.predict.ckpt.w8a8.jsonl"
 echo "full-size int8, 2 photos: $(since "$T1") s"
-pi 'edge-convnext predict art/tiny.fp32.app.tflite val/n02123159/chelsea.jpg >/dev/null' 2>&1 | grep runtime
+pi 'TF_CPP_MIN_LOG_LEVEL=0 edge-convnext predict art/tiny.fp32.app.tflite val/n02123159/chelsea.jpg \
+    >/dev/null' 2>&1 | grep -E 'runtime|XNNPACK' | tee "$RUN/pi-delegate.txt"
+grep -q 'XNNPACK delegate' "$RUN/pi-delegate.txt" ||
+    { echo "LiteRT did not apply XNNPACK: this is not what a Pi runs" >&2; exit 1; }
 pi 'ls val/*/*.jpg | edge-convnext predict art/tiny.fp32.app.tflite - --json --top-k 1'
 pi 'edge-convnext predict art/tiny.fp32.app.tflite --bench 5 --warmup 1'
 echo "predict: $(since "$T") s"
@@ -246,7 +315,14 @@ pi 'edge-convnext audit art/tiny.fp32.app.tflite art/tiny.w8a8.app.tflite --data
 pi 'edge-convnext audit art/tiny.w8a8.app.tflite --data val --manifest host/manifest.json \
     --reference "host/predictions.npz#art/tiny.w8a8.app.tflite" --out audit-vs-int8 --no-progress' |
     tee "$RUN/pi-audit-vs-int8.txt" || echo "audit against the host int8 run failed (see above)"
-cp -r "$PI"/audit-vs-* "$RUN/" 2>/dev/null || true
+T1=$(stamp)
+pi 'edge-convnext audit art/ckpt.w8a8.app.tflite --data val --manifest host-full/manifest.json \
+    --reference host-full/predictions.npz --out audit-full-vs-fp32 --no-progress'
+pi 'edge-convnext audit art/ckpt.w8a8.app.tflite --data val --manifest host-full/manifest.json \
+    --reference "host-full/predictions.npz#art/ckpt.w8a8.app.tflite" --out audit-full-vs-int8 \
+    --no-progress'
+echo "full-size int8 audits, 4 images each: $(since "$T1") s"
+cp -r "$PI"/audit-vs-* "$PI"/audit-full-vs-* "$RUN/"
 echo "audit: $(since "$T") s"
 
 ALT_OK=0
@@ -260,16 +336,62 @@ if compgen -G "$PI/wheels-alt/tflite_runtime-*.whl" >/dev/null; then
     echo
     ALT_OK=1
     for a in tiny.fp32 tiny.w8a8; do
-        pi "venv-alt/bin/edge-convnext predict art/$a.app.tflite val/ --json" \
+        pi "TF_CPP_MIN_LOG_LEVEL=0 venv-alt/bin/edge-convnext predict art/$a.app.tflite val/ --json" \
             >"$RUN/pi-alt.predict.$a.jsonl" 2>"$RUN/pi-alt.predict.$a.stderr" || ALT_OK=0
-        echo "$a: $(grep -h 'runtime' "$RUN/pi-alt.predict.$a.stderr" || tail -2 "$RUN/pi-alt.predict.$a.stderr")"
+        echo "$a: $(grep -hE 'runtime|XNNPACK' "$RUN/pi-alt.predict.$a.stderr" | sort -u | tr '\n' ' ')"
     done
     grep -qh 'runtime tflite-runtime' "$RUN"/pi-alt.predict.*.stderr || ALT_OK=0
+    grep -qh 'XNNPACK delegate' "$RUN"/pi-alt.predict.*.stderr || ALT_OK=0
     pi 'venv-alt/bin/edge-convnext audit art/tiny.fp32.app.tflite art/tiny.w8a8.app.tflite --data val \
         --manifest host/manifest.json --reference host/predictions.npz --out audit-alt-vs-fp32 \
         --no-progress' | tee "$RUN/pi-alt-audit-vs-fp32.txt" || ALT_OK=0
     cp -r "$PI"/audit-alt-vs-fp32 "$RUN/" 2>/dev/null || true
     echo "tflite-runtime venv: $(since "$T") s"
+fi
+
+if [[ $PTE == 1 ]]; then
+    say "pi: what a .pte costs: [pi] + $PTE_PINS in their own venv"
+    T=$(stamp)
+    PTE_CACHE="$CACHE/wheels-aarch64-pte"
+    pi 'python3 -m venv venv-pte && venv-pte/bin/pip install -q --no-index --find-links wheels pip'
+    if [[ "$(cat "$PTE_CACHE/.pins" 2>/dev/null)" != "$PTE_PINS" ]]; then
+        # Resolved inside the root, as `pip install` on a Pi would: pip evaluates executorch's
+        # and torch's markers for aarch64 there, which `pip download --platform` here does not.
+        # --prefer-binary: hydra-core's antlr4-python3-runtime 4.9 is an sdist only.
+        [[ -s "$ROOT/etc/resolv.conf" ]] || cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+        # The host's CA bundle, so a TLS-inspecting proxy the host trusts is trusted in there.
+        cp -L "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$PI/host-ca.crt"
+        pi "PIP_CERT=host-ca.crt venv-pte/bin/pip download -q --prefer-binary -d wheels-pte \
+            --find-links wheels \"\$(ls wheels/edge_convnext-*.whl)[pi]\" $PTE_PINS"
+        rm -rf "$PTE_CACHE" && mkdir -p "$PTE_CACHE"
+        find "$PI/wheels-pte" -maxdepth 1 -type f ! -name 'edge_convnext-*' -exec cp {} "$PTE_CACHE/" \;
+        echo "$PTE_PINS" >"$PTE_CACHE/.pins"
+        echo "download (inside the root; cached in $PTE_CACHE): $(since "$T") s"
+    else
+        cp -r "$PTE_CACHE" "$PI/wheels-pte"
+    fi
+    T=$(stamp)
+    pi "venv-pte/bin/pip install -q --no-index --find-links wheels --find-links wheels-pte \
+        \"\$(ls wheels/edge_convnext-*.whl)[pi]\" $PTE_PINS"
+    echo "offline install: $(since "$T") s"
+    pi 'venv-pte/bin/pip list --format=freeze' >"$RUN/pi-pte-pip-list.txt"
+    echo "$(wc -l <"$RUN/pi-pte-pip-list.txt") packages ($(wc -l <"$RUN/pi-pip-list.txt") with [pi] alone)"
+    (
+        cd "$PI/wheels-pte"
+        ls torch-*.whl executorch-*.whl | xargs stat -c '%n %s' | awk '{ printf "%s %.1f MB\n", $1, $2 / 1e6 }'
+        ls | grep -vxFf <(ls ../wheels) | xargs stat -c %s |
+            awk '{ t += $1 } END { printf "wheels beside the pi extra: %.1f MB\n", t / 1e6 }'
+        cd "$PI" && du -sm venv venv-pte && du -sm venv-pte/lib/python3.11/site-packages/* | sort -n | tail -6
+    )
+    T=$(stamp)
+    pi 'venv-pte/bin/python -c "import torch, executorch.runtime"'
+    echo "import torch + executorch.runtime (emulated): $(since "$T") s"
+    for recipe in fp32 w8a8; do
+        T=$(stamp)
+        pi "venv-pte/bin/edge-convnext predict art/tiny.$recipe.app.pte val/ --json" \
+            >"$RUN/pi.predict.tiny.$recipe.pte.jsonl"
+        echo "predict tiny.$recipe.app.pte, 4 images (emulated): $(since "$T") s"
+    done
 fi
 
 say "compare with the host"
@@ -310,6 +432,10 @@ summary = {}
 for name in ("tiny.fp32", "tiny.w8a8", "ckpt.w8a8"):
     summary[name] = compare(rows(run / f"host/predict.{name}.jsonl"), rows(run / f"pi.predict.{name}.jsonl"))
     print(f"{name}, pi (ai-edge-litert) vs host: {summary[name]}")
+for name in ("tiny.fp32.pte", "tiny.w8a8.pte"):
+    if (run / f"pi.predict.{name}.jsonl").exists():
+        summary[name] = compare(rows(run / f"host/predict.{name}.jsonl"), rows(run / f"pi.predict.{name}.jsonl"))
+        print(f"{name}, pi (ExecuTorch) vs host: {summary[name]}")
 for name in ("tiny.fp32", "tiny.w8a8"):
     alt = run / f"pi-alt.predict.{name}.jsonl"
     if alt.exists() and alt.stat().st_size:
@@ -317,6 +443,15 @@ for name in ("tiny.fp32", "tiny.w8a8"):
             key = f"{name} on tflite-runtime vs {against}"
             summary[key] = compare(rows(run / path), rows(alt))
             print(f"{key}: {summary[key]}")
+audits = ("host/audit-host", "audit-vs-fp32", "audit-vs-int8", "audit-alt-vs-fp32")
+for audit in audits + ("host/audit-host-full", "audit-full-vs-fp32", "audit-full-vs-int8"):
+    report = run / audit / "report.json"
+    if report.exists():
+        for row in json.loads(report.read_text())["artifacts"]:
+            if row["cosine_mean"] is not None:
+                key = f"{audit}: {row['artifact']}"
+                summary[key] = {k: row[k] for k in ("n", "agreement_top1", "cosine_mean", "snr_db")}
+                print(f"{key}: {summary[key]}")
 (run / "summary.json").write_text(json.dumps(summary, indent=2))
 fp32 = summary["tiny.fp32"]
 ok = fp32["top5_order_same"] == fp32["photos"] and fp32["max_abs_score_diff"] <= 1e-6
@@ -327,6 +462,13 @@ if alt is not None:
     print("tflite-runtime ran, said so, audited:", "yes" if alt_ok else "NO")
     print("tflite-runtime fp32 top-5 within 1e-6 of the host:", "yes" if alt_same else "NO")
     ok = ok and alt_ok and alt_same
+pte = summary.get("tiny.fp32.pte")
+if pte is not None:
+    pte_same = pte["top5_order_same"] == pte["photos"] and pte["max_abs_score_diff"] <= 1e-6
+    print(".pte fp32 top-5 within 1e-6 of the host:", "yes" if pte_same else "NO")
+    ok = ok and pte_same
 sys.exit(0 if ok else 1)
 PY
 echo "run: $(since "$T0") s in all; outputs in $RUN"
+exit
+}
