@@ -259,21 +259,16 @@ def _annotate_adds(graph, config, filter_fn) -> None:
 
 
 def _share_through_padding(graph) -> None:
-    """Zero padding keeps its input's scale (zero is exact at any zero point): without this the
-    "SAME" padding before each depthwise conv is requantized by a QUANTIZE op of its own."""
-    import torch
+    """Zero padding keeps its input's scale (observed ranges hold zero, so it is exact): without
+    this the "SAME" padding before each depthwise conv is requantized by a QUANTIZE op of its own.
+    """
     from torchao.quantization.pt2e.quantizer import (
         QuantizationAnnotation,
         SharedQuantizationSpec,
     )
 
-    pads = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
     for pad in graph.graph.nodes:
-        if (
-            pad.op != "call_function"
-            or pad.target not in pads
-            or "quantization_annotation" in pad.meta
-        ):
+        if not _is_zero_padding(pad) or "quantization_annotation" in pad.meta:
             continue
         source = pad.args[0]
         source_annotation = source.meta.get("quantization_annotation")
@@ -283,6 +278,21 @@ def _share_through_padding(graph) -> None:
         pad.meta["quantization_annotation"] = QuantizationAnnotation(
             input_qspec_map={source: shared}, output_qspec=shared, _annotated=True
         )
+
+
+def _is_zero_padding(node) -> bool:
+    """``aten.pad(x, pad, "constant", 0)`` or ``aten.constant_pad_nd(x, pad, 0)``."""
+    import torch
+
+    if node.op != "call_function":
+        return False
+    if node.target == torch.ops.aten.constant_pad_nd.default:
+        return float(node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)) == 0
+    if node.target == torch.ops.aten.pad.default:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        return mode == "constant" and not value
+    return False
 
 
 def relu6_quantization_scheme(recipe):
