@@ -7,7 +7,10 @@ process loads the runner (``targets.coreml.load``), runs one warm-up batch, then
 Batch ``0`` means the runner's ``preferred_batch`` (1 where it has none). Peak RSS is the child's
 ``ru_maxrss`` (the coremltools import and the loaded program included).
 
-    flock -w 1200 /tmp/cpu.lock python bench/mil_speed.py --dir /tmp/mil --batches 1,0
+    flock -x /tmp/cpu.lock python bench/mil_speed.py --dir /tmp/mil --batches 1,0
+
+Before/after: ``--src DIR`` measures the code of another checkout instead of the installed one,
+e.g. ``git worktree add /tmp/before <commit>`` then ``--src /tmp/before``.
 
 Prints one line per (artifact, batch) and, with ``--json``, writes the rows there.
 """
@@ -15,6 +18,7 @@ Prints one line per (artifact, batch) and, with ``--json``, writes the rows ther
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -24,6 +28,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+def use_checkout(src: Path) -> None:
+    """Import ``edge_convnext`` (with its ``targets``/``quantize`` sub-packages, which live at the
+    top of a checkout) from the checkout ``src`` instead of the installed package."""
+    packages = {
+        "edge_convnext": src / "edge_convnext",
+        "edge_convnext.targets": src / "targets",
+        "edge_convnext.quantize": src / "quantize",
+    }
+    modules = {}
+    for name, folder in packages.items():
+        spec = importlib.util.spec_from_file_location(
+            name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        modules[name] = importlib.util.module_from_spec(spec)
+        sys.modules[name] = modules[name]  # all three first: their imports resolve here
+    for name in ("edge_convnext", "edge_convnext.targets"):  # quantize: imported on use
+        modules[name].__spec__.loader.exec_module(modules[name])
 
 
 def crops(count: int, size: int = 224) -> np.ndarray:
@@ -65,10 +88,13 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/mil"), help="folder of .mlpackage")
     parser.add_argument("--batches", default="1,0", help="comma-separated; 0 = preferred_batch")
     parser.add_argument("--rounds", type=int, default=2, help="timed calls per row")
+    parser.add_argument("--src", type=Path, help="measure the code of this checkout instead")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     if args.one:
+        if args.src:
+            use_checkout(args.src)
         print(json.dumps(measure(args.one, int(args.batches), args.rounds)))
         return
     print(f"loadavg {os.getloadavg()}, cpus {os.cpu_count()}", flush=True)
@@ -77,6 +103,7 @@ def main() -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             command = [sys.executable, __file__, "--one", str(path), "--batches", str(batch)]
             command += ["--rounds", str(args.rounds)]
+            command += ["--src", str(args.src.resolve())] if args.src else []
             row = json.loads(subprocess.run(command, check=True, capture_output=True).stdout)
             rows.append(row)
             print(

@@ -11,6 +11,14 @@ op's *declared* output dtype. In a program converted with ``compute_precision=FL
 output is therefore rounded to float16, i.e. this models ideal fp16 storage with fp32
 accumulation. Compressed weights (``constexpr_*`` ops) are decompressed once, at load time.
 
+Speed, without changing what is computed: a batch goes through a program fixed at batch 1 in
+one pass when every op keeps items apart (checked op by op at load; matrix products still run
+per item, so an item's result is bit for bit its batch-1 result); convolutions run
+channels-last (pointwise ones as one BLAS matmul, depthwise ones tap by tap over cache-sized
+blocks); an expensive elementwise op on float16 or int8 values (GELU, sigmoid, quantize, ...) is
+a lookup table of its own results for every value the input can hold; and float16 rounding is
+done in float32 arithmetic, bit for bit numpy's cast without its slow software path.
+
 Image inputs (``ct.ImageType``) take ``uint8 (H, W, 3)`` or ``(N, H, W, 3)`` RGB pixels, like the
 pixel buffer an app hands Core ML. In an ML Program the image ``scale``/``bias`` preprocessing is
 not stored in the model description: coremltools bakes it into the program as ``mul``/``add`` ops
@@ -38,6 +46,9 @@ import numpy as np
 from edge_convnext.errors import ArtifactError, choices
 
 NOTE = "reference evaluation of the MIL program in numpy, not Core ML runtime numerics"
+# float32 elements per block of the blockwise loops (depthwise conv, float64 GELU, fp16 rounding):
+# a block and its operands stay in the L2 cache.
+_CHUNK = 1 << 15
 
 _OPS: dict[str, Callable[..., Any]] = {}
 _CONSTEXPR: dict[str, Callable[..., Any]] = {}
@@ -261,12 +272,25 @@ def _leaky_relu(x: np.ndarray, alpha: float) -> np.ndarray:
     return np.where(x >= 0, x, x * np.float32(alpha))
 
 
+def _gelu_exact(x: np.ndarray) -> np.ndarray:
+    x64 = np.asarray(x, dtype=np.float64)
+    # the erfc form keeps relative accuracy for large negative x
+    return 0.5 * x64 * erfc(x64 * -math.sqrt(0.5))
+
+
+def _blockwise(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``fn`` (elementwise, float64 inside) on cache-sized blocks of ``x``, as float32."""
+    flat = np.asarray(x).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.float32)
+    for start in range(0, flat.size, _CHUNK):
+        out[start : start + _CHUNK] = fn(flat[start : start + _CHUNK])
+    return out.reshape(np.shape(x))
+
+
 @_register(_OPS, "gelu")
 def _gelu(x: np.ndarray, mode: str = "EXACT") -> np.ndarray:
     if mode == "EXACT":
-        x64 = np.asarray(x, dtype=np.float64)
-        # the erfc form keeps relative accuracy for large negative x
-        return 0.5 * x64 * erfc(x64 * -math.sqrt(0.5))
+        return _blockwise(_gelu_exact, x)
     if mode == "TANH_APPROXIMATION":
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
     if mode == "SIGMOID_APPROXIMATION":
@@ -282,21 +306,30 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 @_register(_OPS, "cast")
 def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
-    return x  # the declared output dtype does the cast
+    return np.array(x)  # a copy: the declared output dtype does the cast, maybe in place
 
 
 # ---------------------------------------------------------------------------------------------
 # Linear algebra and normalization.
 def _matmul_2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``x @ w`` for a 2-D ``w``, as one BLAS call (numpy's stacked matmul can miss BLAS)."""
-    out = np.ascontiguousarray(x).reshape(-1, x.shape[-1]) @ w
-    return out.reshape(*x.shape[:-1], w.shape[-1])
+    """``x @ w`` for a 2-D ``w``: for ``x`` of rank 3 or more, one BLAS call per item of its
+    leading axis, shaped as a batch-1 program shapes it, so that no item's result depends on the
+    others in its batch (a BLAS may pick its kernel, hence its rounding, by size)."""
+    if x.ndim <= 2:
+        return np.ascontiguousarray(x) @ w
+    out = np.empty((*x.shape[:-1], w.shape[-1]), dtype=np.result_type(x, w))
+    for item, result in zip(x, out, strict=True):
+        rows = np.ascontiguousarray(item).reshape(-1, x.shape[-1])
+        np.matmul(rows, w, out=result.reshape(-1, w.shape[-1]))
+    return out
 
 
 @_register(_OPS, "linear")
 def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     y = _matmul_2d(x, weight.T) if x.ndim > 1 else weight @ x
-    return y if bias is None else y + bias
+    if bias is not None:
+        y += bias
+    return y
 
 
 @_register(_OPS, "matmul")
@@ -321,15 +354,15 @@ def _layer_norm(
     epsilon: float = 1e-5,
 ) -> np.ndarray:
     axes = _axes(axes, x.ndim)
-    mean = x.mean(axis=axes, keepdims=True)
-    centered = x - mean
-    var = np.mean(centered * centered, axis=axes, keepdims=True)
-    y = centered / np.sqrt(var + np.float32(epsilon))
+    y = x - x.mean(axis=axes, keepdims=True)
+    var = np.mean(np.square(y), axis=axes, keepdims=True)
+    var += np.float32(epsilon)
+    y /= np.sqrt(var, out=var)
     shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
     if gamma is not None:
-        y = y * np.reshape(gamma, shape)
+        y *= np.reshape(gamma, shape)
     if beta is not None:
-        y = y + np.reshape(beta, shape)
+        y += np.reshape(beta, shape)
     return y
 
 
@@ -373,7 +406,12 @@ for _name, _fn in {
 
 
 # ---------------------------------------------------------------------------------------------
-# Convolution: one strided view per kernel tap, so no Python loop ever runs over pixels.
+# Convolution, computed channels-last: ``(N, *spatial, C)`` memory, so that pointwise convs are
+# one BLAS matmul and the depthwise inner loop runs over contiguous channels. The result is
+# returned as the ``(N, C, *spatial)`` view MIL expects; ConvNeXt's transposes to channels-last
+# that follow a conv then cost nothing.
+
+
 def _conv_pads(
     spatial: Sequence[int],
     kernel: Sequence[int],
@@ -396,50 +434,99 @@ def _conv_pads(
     return pads
 
 
-def _taps(
-    kernel: Sequence[int], dilations: Sequence[int], strides: Sequence[int], out: Sequence[int]
-) -> Iterable[tuple[tuple[int, ...], tuple[slice, ...]]]:
-    """Each kernel tap and the strided window of the padded input it multiplies."""
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        window = tuple(
-            slice(t * d, t * d + (o - 1) * s + 1, s)
-            for t, d, o, s in zip(tap, dilations, out, strides, strict=True)
+@dataclasses.dataclass(frozen=True)
+class _ConvGeometry:
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    out: tuple[int, ...]
+
+    def taps(self) -> list[tuple[int, ...]]:
+        """Kernel taps in the order of the flattened kernel (``weight.reshape(c_out, -1)``)."""
+        return list(itertools.product(*(range(k) for k in self.kernel)))
+
+    def window(self, tap: Sequence[int], rows: tuple[int, int] | None = None) -> tuple[slice, ...]:
+        """The strided window of the padded input that ``tap`` multiplies, for output rows
+        ``rows`` (a range of the first spatial axis; all rows by default)."""
+        first, last = rows or (0, self.out[0])
+        bounds = [(first, last)] + [(0, o) for o in self.out[1:]]
+        return tuple(
+            slice(t * d + b * s, t * d + (e - 1) * s + 1, s)
+            for t, d, s, (b, e) in zip(tap, self.dilations, self.strides, bounds, strict=True)
         )
-        yield tap, window
 
 
-def _depthwise(
-    xp: np.ndarray, weight: np.ndarray, taps: Iterable, out_sizes: list[int]
-) -> np.ndarray:
-    n, c = xp.shape[:2]
-    if weight.shape[0] != c:  # channel multiplier
-        xp = np.repeat(xp, weight.shape[0] // c, axis=1)
-        c = weight.shape[0]
-    out = np.zeros((n, c, *out_sizes), dtype=np.float32)
-    scratch = np.empty_like(out)
-    wshape = (1, c) + (1,) * len(out_sizes)
-    for tap, window in taps:
-        np.multiply(
-            xp[(slice(None), slice(None), *window)],
-            weight[(..., *tap)].reshape(wshape),
-            out=scratch,
-        )
-        out += scratch
+def _channels_last(x: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``(N, C, *spatial)`` -> zero-padded ``(N, *padded, C)``, C-contiguous."""
+    moved = np.moveaxis(x, 1, -1)
+    if not any(b or e for b, e in pads):
+        return np.ascontiguousarray(moved)
+    n, c = x.shape[:2]
+    padded = [s + b + e for s, (b, e) in zip(x.shape[2:], pads, strict=True)]
+    out = np.zeros((n, *padded, c), dtype=x.dtype)
+    inner = tuple(slice(b, b + s) for s, (b, _) in zip(x.shape[2:], pads, strict=True))
+    out[(slice(None), *inner)] = moved
     return out
 
 
-def _grouped(
-    xp: np.ndarray, weight: np.ndarray, groups: int, taps: Iterable, out_sizes: list[int]
-) -> np.ndarray:
-    """im2col per group, then one BLAS matmul per (image, group)."""
-    n = xp.shape[0]
+def _depthwise(xp: np.ndarray, weight: np.ndarray, geometry: _ConvGeometry) -> np.ndarray:
+    """One multiply-accumulate per tap, block by block (images x output rows) so each block's
+    working set stays in cache. Taps are summed in kernel order, as a reference loop would."""
+    n, c = xp.shape[0], weight.shape[0]
+    if xp.shape[-1] != c:  # channel multiplier: output channel k reads input channel k // m
+        xp = np.repeat(xp, c // xp.shape[-1], axis=-1)
+    taps = geometry.taps()
+    w = np.ascontiguousarray(weight.reshape(c, len(taps)).T)  # (taps, c)
+    # With stride 1 along the last spatial axis, a window's (width, channels) are one run of
+    # memory: fold them into one axis (weights tiled to match) so numpy's loops run long.
+    fold = len(geometry.out) >= 2 and geometry.strides[-1] == 1
+    if fold:
+        w = np.tile(w, (1, geometry.out[-1]))
+    out = np.empty((n, *geometry.out, c), dtype=np.result_type(xp, weight))
+    rows_total = geometry.out[0]
+    rows = max(1, _CHUNK // (math.prod(geometry.out[1:]) * c))
+    images = max(1, rows // rows_total)
+    rows = min(rows, rows_total)
+    scratch = np.empty((images, rows, *geometry.out[1:], c), dtype=out.dtype)
+    for n0 in range(0, n, images):
+        n1 = min(n, n0 + images)
+        for r0 in range(0, rows_total, rows):
+            r1 = min(rows_total, r0 + rows)
+            block = _folded(out[n0:n1, r0:r1], fold)
+            product = _folded(scratch[: n1 - n0, : r1 - r0], fold)
+            for k, tap in enumerate(taps):
+                window = _folded(xp[(slice(n0, n1), *geometry.window(tap, (r0, r1)))], fold)
+                np.multiply(window, w[k], out=block if k == 0 else product)
+                if k:
+                    block += product
+    return out
+
+
+def _folded(array: np.ndarray, fold: bool) -> np.ndarray:
+    """``array`` with its last two axes as one (a view where their memory is one run)."""
+    return array.reshape(*array.shape[:-2], -1) if fold else array
+
+
+def _im2col(xp: np.ndarray, geometry: _ConvGeometry) -> np.ndarray:
+    """``(N, *padded, C)`` -> ``(N, *out, C, taps)`` patches."""
+    taps = geometry.taps()
+    cols = np.empty((xp.shape[0], *geometry.out, xp.shape[-1], len(taps)), dtype=xp.dtype)
+    for k, tap in enumerate(taps):
+        cols[..., k] = xp[(slice(None), *geometry.window(tap))]
+    return cols
+
+
+def _grouped(xp: np.ndarray, weight: np.ndarray, groups: int, geometry: _ConvGeometry):
+    """im2col, then one BLAS matmul per group over every image and pixel at once."""
     c_out, c_in_g = weight.shape[:2]
-    xg = xp.reshape(n, groups, c_in_g, *xp.shape[2:])
-    cols = np.stack([xg[(..., *window)] for _, window in taps], axis=3)
-    cols = cols.reshape(n, groups, -1, math.prod(out_sizes))  # (n, g, c_in_g * taps, pixels)
-    wg = weight.reshape(groups, c_out // groups, -1)  # (g, c_out_g, c_in_g * taps)
-    out = np.stack([np.stack([wg[g] @ cols[i, g] for g in range(groups)]) for i in range(n)])
-    return out.reshape(n, c_out, *out_sizes)
+    if all(k == 1 for k in geometry.kernel) and all(s == 1 for s in geometry.strides):
+        cols = xp  # pointwise: the input is its own patch matrix
+    else:
+        cols = _im2col(xp, geometry)
+    cols = cols.reshape(*cols.shape[: 1 + len(geometry.out)], groups, -1)  # (..., g, c_in_g * taps)
+    wg = weight.reshape(groups, c_out // groups, -1)
+    parts = [_matmul_2d(cols[..., g, :], wg[g].T) for g in range(groups)]
+    return parts[0] if groups == 1 else np.concatenate(parts, axis=-1)
 
 
 @_register(_OPS, "conv")
@@ -459,19 +546,19 @@ def _conv(
     dilations = _ints(dilations) if dilations is not None else (1,) * rank
     pad = _ints(pad) if pad is not None else (0,) * (2 * rank)
     pads = _conv_pads(spatial, kernel, strides, dilations, str(pad_type), pad)
-    xp = np.pad(x, [(0, 0), (0, 0), *pads])
-    out_sizes = [
+    out_sizes = tuple(
         (size + b + e - (k - 1) * d - 1) // s + 1
         for size, (b, e), k, s, d in zip(spatial, pads, kernel, strides, dilations, strict=True)
-    ]
-    taps = list(_taps(kernel, dilations, strides, out_sizes))
+    )
+    geometry = _ConvGeometry(tuple(kernel), strides, dilations, out_sizes)
+    xp = _channels_last(x, pads)
     if int(groups) == x.shape[1] and weight.shape[1] == 1:
-        out = _depthwise(xp, weight, taps, out_sizes)
+        out = _depthwise(xp, weight, geometry)
     else:
-        out = _grouped(xp, weight, int(groups), taps, out_sizes)
+        out = _grouped(xp, weight, int(groups), geometry)
     if bias is not None:
-        out += np.reshape(bias, (1, -1) + (1,) * rank)
-    return out
+        out += bias
+    return np.moveaxis(out, -1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -723,13 +810,64 @@ class _Input:
     color_space: str | None  # "RGB", "BGR", "GRAYSCALE", ... for image inputs
 
 
-def _store(value: Any, dtype: np.dtype | None) -> Any:
-    """Round a computed value to its declared dtype; float16 values are kept as float32."""
+def _store(value: Any, dtype: np.dtype | None, fresh: bool = False) -> Any:
+    """Round a computed value to its declared dtype; float16 values are kept as float32.
+
+    ``fresh``: ``value`` is an op's own new array, which nothing else holds, so float16 rounding
+    may overwrite it.
+    """
     if dtype is None:
         return value
     if dtype == np.float16:
-        return np.asarray(value, dtype=np.float32).astype(np.float16).astype(np.float32)
+        return _round_to_fp16(value, fresh)
     return np.asarray(value).astype(dtype, copy=False)
+
+
+def _round_to_fp16(value: Any, fresh: bool) -> np.ndarray:
+    """The nearest float16 of each value (ties to even, overflow to inf), as float32.
+
+    Bit for bit ``value.astype(float16).astype(float32)``, without numpy's float16 casts, which
+    take a software path (several ns per value, ~100 ns for an fp16 subnormal: ConvNeXt's layer
+    scale makes many). Rounds ``value`` itself when ``fresh``, else a copy.
+    """
+    array = np.asarray(value)
+    flat = array.ravel(order="K") if fresh and array.dtype == np.float32 else None
+    if flat is None or not array.flags.writeable or not np.may_share_memory(flat, array):
+        array = np.array(array, dtype=np.float32, order="K")
+        flat = array.ravel(order="K")
+    scratch = np.empty((2, min(flat.size, _CHUNK)), dtype=np.uint32)
+    with np.errstate(invalid="ignore"):  # signalling NaNs stay NaN
+        for start in range(0, flat.size, _CHUNK):
+            block = flat[start : start + _CHUNK]
+            _round_block_to_fp16(block, *scratch[:, : block.size])
+    return array
+
+
+_EXPONENT = np.uint32(0x7F800000)
+_SIGN = np.uint32(0x80000000)
+# Exponent bits of fp16's smallest normal (subnormals share its spacing) and of its largest.
+_FP16_MIN_EXPONENT = np.uint32((127 - 14) << 23)
+_FP16_MAX_EXPONENT = np.uint32((127 + 15) << 23)
+# x in [2^e, 2^(e+1)) has fp16 spacing 2^(e-10); C = 1.5 * 2^(e+13) has float32 spacing 2^(e-10)
+# and an even last bit, so (x + C) - C is x rounded to fp16 spacing, ties to even, exactly.
+_TO_C = np.uint32((13 << 23) | 0x00400000)
+_FP16_MAX = np.float32(65504.0)
+
+
+def _round_block_to_fp16(x: np.ndarray, c: np.ndarray, sign: np.ndarray) -> None:
+    """Round the float32 block ``x`` in place; ``c`` and ``sign`` are uint32 scratch."""
+    bits = x.view(np.uint32)
+    np.bitwise_and(bits, _EXPONENT, out=c)
+    large = c.max() >= _FP16_MAX_EXPONENT  # some |x| >= 2**15 (or inf, NaN): may overflow
+    np.clip(c, _FP16_MIN_EXPONENT, _FP16_MAX_EXPONENT, out=c)
+    c += _TO_C
+    np.bitwise_and(bits, _SIGN, out=sign)
+    x += c.view(np.float32)
+    x -= c.view(np.float32)
+    bits |= sign  # a value that rounds to zero keeps its sign
+    if large:
+        overflow = np.abs(x) > _FP16_MAX
+        x[overflow] = np.copysign(np.inf, x[overflow])
 
 
 def _np_dtype(var: Any) -> np.dtype | None:
@@ -760,6 +898,13 @@ class MilEvaluator:
         op_types: Every op type in the program, ``const`` and ``constexpr_*`` included.
         probabilities_name: For classifier models, the name of the tensor that feeds ``classify``
             (also a key of every result); ``None`` otherwise.
+        batched: For a program fixed at batch 1 (as exported for apps), whether every op carries
+            a leading batch axis through unchanged (checked at load, op by op): a batch of N
+            inputs is then evaluated in one pass, else item by item.
+        output_shapes: The declared shape of each output tensor (and of the tensor feeding
+            ``classify``), a dimension left open as ``None``.
+        description: The model description (``Model_pb2.ModelDescription``): feature types,
+            classifier outputs, metadata.
     """
 
     def __init__(
@@ -770,6 +915,7 @@ class MilEvaluator:
         outputs: list[tuple[str, np.dtype | None]],
         op_types: set[str],
         probabilities_name: str | None,
+        batched: bool = False,
     ):
         self._steps = steps
         self._consts = consts
@@ -779,6 +925,9 @@ class MilEvaluator:
         self.output_names = [name for name, _ in outputs]
         self.op_types = op_types
         self.probabilities_name = probabilities_name
+        self.batched = batched
+        self.output_shapes: dict[str, tuple[int | None, ...]] = {}
+        self.description: Any = None
 
     @classmethod
     def from_mlpackage(cls, path: str | Path) -> MilEvaluator:
@@ -802,12 +951,14 @@ class MilEvaluator:
         except (OSError, RuntimeError, ValueError) as error:  # a damaged package or weight file
             raise ArtifactError(f"{path}: coremltools cannot read the package ({error})") from None
         function_name = spec.description.defaultFunctionName or "main"
-        return cls._compile(program.functions[function_name], spec)
+        evaluator = cls._compile(program.functions[function_name], spec)
+        evaluator.description = spec.description
+        return evaluator
 
     @classmethod
     def _compile(cls, function: Any, spec: Any) -> MilEvaluator:
         consts: dict[str, Any] = {}
-        steps: list[_Step] = []
+        ops: list[Any] = []
         op_types: set[str] = set()
         probabilities_name = None
         for op in function.operations:
@@ -817,14 +968,26 @@ class MilEvaluator:
             elif op.op_type in _CONSTEXPR:
                 _fold_constexpr(op, consts)
             else:
-                steps.append(_make_step(op))
+                ops.append(op)
                 if op.op_type == "classify":
                     probabilities_name = op.inputs["probabilities"].name
+        steps = [_make_step(op) for op in ops]
+        inputs = _describe_inputs(function, spec)
+        batched = _fixed_batch_one(inputs) and _batched_steps(ops, steps, inputs)
+        tables: dict[Any, np.ndarray] = {}
+        steps = [
+            _tabulated(op, step, tables) for op, step in zip(ops, batched or steps, strict=True)
+        ]
         outputs = [(var.name, _np_dtype(var)) for var in function.outputs]
         keep = {name for name, _ in outputs} | {probabilities_name}
         steps = _with_frees(steps, keep)
-        inputs = _describe_inputs(function, spec)
-        return cls(steps, consts, inputs, outputs, op_types, probabilities_name)
+        evaluator = cls(steps, consts, inputs, outputs, op_types, probabilities_name, bool(batched))
+        tensors = [
+            *function.outputs,
+            *(op.inputs["probabilities"] for op in ops if op.op_type == "classify"),
+        ]
+        evaluator.output_shapes = {var.name: _static_shape(var) for var in tensors}
+        return evaluator
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Evaluate the program.
@@ -832,8 +995,8 @@ class MilEvaluator:
         Args:
             **inputs: One array per program input. Image inputs take ``uint8 (H, W, 3)`` or
                 ``(N, H, W, 3)`` RGB pixels (``(H, W)``/``(N, H, W)`` for grayscale); tensor
-                inputs take arrays of the declared shape. A batch larger than a program fixed at
-                batch 1 is evaluated item by item.
+                inputs take arrays of the declared shape. A program fixed at batch 1 takes any
+                batch: in one pass if :attr:`batched`, else item by item.
 
         Returns:
             The program outputs by name, in their declared dtypes (float16 outputs as float16),
@@ -848,13 +1011,14 @@ class MilEvaluator:
             )
         arrays = {spec.name: _prepare_input(spec, inputs[spec.name]) for spec in self._inputs}
         batch = {len(a) for a in arrays.values() if np.ndim(a) > 0}
-        if self._fixed_batch_one() and len(batch) == 1 and (n := batch.pop()) > 1:
-            parts = [self._run({k: a[i : i + 1] for k, a in arrays.items()}) for i in range(n)]
-            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        return self._run(arrays)
-
-    def _fixed_batch_one(self) -> bool:
-        return all(spec.shape[:1] == (1,) for spec in self._inputs)
+        if not _fixed_batch_one(self._inputs) or batch <= {1}:
+            return self._run(arrays)
+        if len(batch) > 1:
+            raise ValueError(f"inputs of one call need one batch size; got {sorted(batch)}")
+        if self.batched:
+            return self._run(arrays)
+        parts = [self._run({k: a[i : i + 1] for k, a in arrays.items()}) for i in range(*batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env: dict[str, Any] = {**self._consts, **arrays}
@@ -865,13 +1029,25 @@ class MilEvaluator:
             result = step.fn(**kwargs)
             results = result if isinstance(result, tuple) else (result,)
             for name, value, dtype in zip(step.outputs, results, step.dtypes, strict=True):
-                env[name] = _store(value, dtype)
+                fresh = dtype == np.float16 and _owns_memory(value, kwargs.values())
+                env[name] = _store(value, dtype, fresh)
             for name in step.frees:
                 del env[name]
         out = {name: _declared(env[name], dtype) for name, dtype in self._outputs}
         if self.probabilities_name is not None:
             out[self.probabilities_name] = env[self.probabilities_name]
         return out
+
+
+def _owns_memory(value: Any, inputs: Iterable[Any]) -> bool:
+    """True if ``value`` is an array that shares no memory with any of the op's ``inputs``."""
+    if not isinstance(value, np.ndarray):
+        return False
+    for given in inputs:
+        for array in given if isinstance(given, list) else (given,):
+            if isinstance(array, np.ndarray) and np.may_share_memory(value, array):
+                return False
+    return True
 
 
 def _declared(value: Any, dtype: np.dtype | None) -> Any:
@@ -891,6 +1067,13 @@ def _fold_constexpr(op: Any, consts: dict[str, Any]) -> None:
     results = result if isinstance(result, tuple) else (result,)
     for var, value in zip(op.outputs, results, strict=True):
         consts[var.name] = _store(value, _np_dtype(var))
+
+
+# Ops that only move values: their output needs no rounding when the input has its dtype.
+_LAYOUT_OPS = frozenset(
+    {"transpose", "reshape", "squeeze", "expand_dims", "slice_by_index", "slice_by_size"}
+    | {"concat", "identity"}
+)
 
 
 def _make_step(op: Any) -> _Step:
@@ -913,13 +1096,18 @@ def _make_step(op: Any) -> _Step:
         if k not in args and k not in literals and v is not None
     }
     defaults.update(literals)
+    dtypes = tuple(_np_dtype(v) for v in op.outputs)
+    if op.op_type in _LAYOUT_OPS:
+        data = op.inputs["values"] if op.op_type == "concat" else (op.inputs["x"],)
+        if {_np_dtype(v) for v in data} == set(dtypes):
+            dtypes = (None,) * len(dtypes)
     return _Step(
         op_type=op.op_type,
         fn=_OPS[op.op_type],
         args=args,
         defaults=defaults,
         outputs=tuple(v.name for v in op.outputs),
-        dtypes=tuple(_np_dtype(v) for v in op.outputs),
+        dtypes=dtypes,
         frees=(),
     )
 
@@ -948,6 +1136,214 @@ def _with_frees(steps: list[_Step], keep: Iterable[str | None]) -> list[_Step]:
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# Lookup tables: an expensive elementwise op whose one runtime input is float16 (or int8/uint8)
+# can only ever see 65,536 (256) distinct values, so its results for all of them are computed
+# once, at load, by the op's own function, and each call is a gather: exact, and the float64
+# GELU of an fp16 program costs a cast and a table lookup.
+_TABLE_OPS = frozenset(
+    {"gelu", "erf", "exp", "exp2", "tanh", "sigmoid", "silu", "softplus", "sin", "cos"}
+    | {"log", "sqrt", "rsqrt", "inverse", "quantize", "dequantize"}
+)
+_TABLE_DTYPES = frozenset({np.dtype(np.float16), np.dtype(np.int8), np.dtype(np.uint8)})
+
+
+class _Table:
+    """``table[index of x]``: an elementwise op on ``dtype`` values, tabulated.
+
+    A float16 value is held as a float32 whose low 13 mantissa bits are zero, so its float32
+    bits shifted right by 13 index a table of 2**19 entries (fp16's 2**16 among them).
+    """
+
+    def __init__(self, param: str, dtype: np.dtype, table: np.ndarray):
+        self.param = param
+        self.dtype = dtype
+        self.table = table
+
+    def __call__(self, **kwargs: Any) -> np.ndarray:
+        fp16 = self.dtype == np.float16
+        values = np.asarray(kwargs[self.param], dtype=np.float32 if fp16 else self.dtype)
+        bits, shift = (values.view(np.uint32), 13) if fp16 else (values.view(np.uint8), 0)
+        out = np.empty_like(values, dtype=self.table.dtype)  # in the memory order of values
+        flat_bits, flat_out = bits.ravel(order="K"), out.ravel(order="K")
+        index = np.empty(min(bits.size, _CHUNK), dtype=np.intp)  # take() wants intp indices
+        for start in range(0, bits.size, _CHUNK):
+            block = index[: flat_bits[start : start + _CHUNK].size]
+            np.right_shift(flat_bits[start : start + _CHUNK], shift, out=block, casting="unsafe")
+            np.take(self.table, block, out=flat_out[start : start + _CHUNK])
+        return out
+
+
+def _tabulated(op: Any, step: _Step, tables: dict[Any, np.ndarray]) -> _Step:
+    """``step`` as a :class:`_Table` where it is a tabulable op, else ``step`` itself.
+
+    ``tables``: tables already built, by op and parameters (ConvNeXt's GELUs share one).
+    """
+    if step.op_type not in _TABLE_OPS or len(step.args) != 1 or len(step.outputs) != 1:
+        return step
+    ((param, name),) = step.args.items()
+    dtype = _np_dtype(op.inputs[param]) if isinstance(name, str) else None
+    if dtype not in _TABLE_DTYPES or any(np.ndim(v) for v in step.defaults.values()):
+        return step  # a per-channel scale, say: the result depends on the position too
+    key = (step.op_type, dtype, step.dtypes[0], repr(sorted(step.defaults.items())))
+    if key not in tables:
+        if dtype == np.float16:
+            values = (np.arange(1 << 19, dtype=np.uint32) << np.uint32(13)).view(np.float32)
+        else:
+            values = np.arange(256, dtype=np.uint8).view(dtype)
+        with np.errstate(all="ignore"):  # the table covers inf and NaN too
+            tables[key] = _store(step.fn(**step.defaults, **{param: values}), step.dtypes[0])
+    return dataclasses.replace(step, fn=_Table(param, dtype, tables[key]), dtypes=(None,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching a program fixed at batch 1: each op that reads a batch-carrying var (an input, or an
+# output of such an op) is checked to keep the batch on axis 0 and to treat each item alone,
+# from its declared shapes and parameters; reshapes and slices get the batch axis rewritten.
+_ELEMENTWISE = frozenset(_OPS) - {
+    "linear", "matmul", "layer_norm", "conv", "transpose", "reshape", "squeeze", "expand_dims",
+    "concat", "slice_by_index", "slice_by_size", "quantize", "dequantize", "classify", "softmax",
+    *(name for name in _OPS if name.startswith("reduce_")),
+}  # fmt: skip
+_UNKNOWN = object()  # a parameter bound to a runtime var, not a literal
+
+
+def _fixed_batch_one(inputs: list[_Input]) -> bool:
+    return bool(inputs) and all(spec.shape[:1] == (1,) for spec in inputs)
+
+
+def _batched_steps(ops: list[Any], steps: list[_Step], inputs: list[_Input]) -> list[_Step]:
+    """``steps`` rewritten to carry a batch axis; ``[]`` if some op cannot."""
+    carriers = {spec.name for spec in inputs}
+    batched = []
+    for op, step in zip(ops, steps, strict=True):
+        carried = {p: [n in carriers for n in _names(ref)] for p, ref in step.args.items()}
+        carried = {p: flags for p, flags in carried.items() if any(flags)}
+        if not carried:
+            batched.append(step)
+            continue
+        if not all(all(flags) for flags in carried.values()):
+            return []  # a list mixing batched and unbatched values (a concat with a constant)
+        rewritten = _batch_step(op, step, set(carried))
+        if rewritten is None:
+            return []
+        carriers.update(step.outputs)
+        batched.append(rewritten)
+    return batched
+
+
+def _names(ref: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (ref,) if isinstance(ref, str) else ref
+
+
+def _leading_one(var: Any) -> bool:
+    shape = var.shape
+    return len(shape) > 0 and isinstance(shape[0], (int, np.integer)) and shape[0] == 1
+
+
+def _batch_step(op: Any, step: _Step, carried: set[str]) -> _Step | None:
+    """``step`` for a batch on axis 0 of its ``carried`` inputs, or None where it cannot be."""
+    kind = op.op_type
+    if kind == "classify":
+        return step if len(op.inputs["probabilities"].shape) == 2 else None
+    if not all(_leading_one(v) for v in op.outputs):
+        return None
+    rank = len(op.outputs[0].shape)
+    ranks = {p: len(op.inputs[p].shape) for p in carried if p != "values"}
+
+    def literal(param: str) -> Any:
+        return _UNKNOWN if param in step.args else step.defaults.get(param)
+
+    def off_batch(axes: Any, of_rank: int) -> bool:
+        return axes is not None and axes is not _UNKNOWN and 0 not in _axes(axes, of_rank)
+
+    same_rank = all(r == rank for r in ranks.values())
+    if kind in _ELEMENTWISE:
+        ok = same_rank
+    elif kind in ("quantize", "dequantize"):
+        ok = same_rank and _per_item_scale(literal("scale"), literal("axis"), rank)
+    elif kind == "softmax":
+        ok = same_rank and off_batch(literal("axis"), rank)
+    elif kind == "layer_norm":
+        ok = same_rank and off_batch(literal("axes"), rank)
+    elif kind.startswith("reduce_"):
+        ok = off_batch(literal("axes"), ranks["x"])
+    elif kind == "conv":
+        ok = carried == {"x"} and same_rank and rank >= 3
+    elif kind in ("linear", "matmul") and rank == 2:
+        # (1, K) rows: BLAS computes one as a matrix-vector product, several as a matrix
+        # product, with other rounding; row by row, each item gets its batch-1 result.
+        ok = carried == {"x"} and same_rank and not literal("transpose_x")
+        return dataclasses.replace(step, fn=_row_by_row(step.fn)) if ok else None
+    elif kind in ("linear", "matmul"):
+        ok = same_rank and rank >= 3
+    elif kind == "transpose":
+        perm = literal("perm")
+        ok = perm is not _UNKNOWN and _ints(perm)[0] == 0
+    elif kind == "squeeze":
+        ok = off_batch(literal("axes"), ranks["x"])
+    elif kind == "expand_dims":
+        ok = off_batch(literal("axes"), rank)
+    elif kind == "concat":
+        value_ranks = [len(v.shape) for v in op.inputs["values"]]
+        ok = all(r == rank for r in value_ranks) and off_batch(literal("axis"), rank)
+    elif kind in ("reshape", "slice_by_index", "slice_by_size"):
+        return _whole_batch_axis(step, literal)
+    else:
+        ok = False
+    return step if ok else None
+
+
+def _row_by_row(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    def op(x: np.ndarray, **params: Any) -> np.ndarray:
+        return np.concatenate([fn(x=x[i : i + 1], **params) for i in range(len(x))])
+
+    return op
+
+
+def _per_item_scale(scale: Any, axis: Any, rank: int) -> bool:
+    if scale is _UNKNOWN or axis is _UNKNOWN:
+        return False
+    return np.ndim(scale) == 0 or (axis is not None and int(axis) % rank != 0)
+
+
+def _whole_batch_axis(step: _Step, literal: Callable[[str], Any]) -> _Step | None:
+    """A reshape or slice rewritten to span the whole batch axis (declared size 1 in and out)."""
+    params = {"reshape": ("shape",), "slice_by_size": ("begin", "size")}.get(
+        step.op_type, ("begin", "end", "stride", "begin_mask", "end_mask", "squeeze_mask")
+    )
+    values = {p: literal(p) for p in params}
+    if any(v is _UNKNOWN for v in values.values()):
+        return None
+    if step.op_type == "reshape":
+        shape = list(_ints(values["shape"]))
+        shape[0] = 0  # copy the input's axis 0: the batch
+        changes = {"shape": np.array(shape)}
+    elif step.op_type == "slice_by_size":
+        begin, size = list(_ints(values["begin"])), list(_ints(values["size"]))
+        if begin[0] != 0:
+            return None
+        size[0] = -1
+        changes = {"size": np.array(size)}
+    else:
+        stride, squeeze = values["stride"], values["squeeze_mask"]
+        if (stride is not None and _ints(stride)[0] != 1) or (
+            squeeze is not None and bool(np.asarray(squeeze).reshape(-1)[0])
+        ):
+            return None
+        rank = len(_ints(values["begin"]))
+        changes = {}
+        for mask in ("begin_mask", "end_mask"):
+            flags = np.zeros(rank, bool) if values[mask] is None else np.array(values[mask], bool)
+            flags[0] = True
+            changes[mask] = flags
+    return dataclasses.replace(step, defaults={**step.defaults, **changes})
+
+
+def _static_shape(var: Any) -> tuple[int | None, ...]:
+    return tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in var.shape)
+
+
 def _describe_inputs(function: Any, spec: Any) -> list[_Input]:
     import coremltools as ct
 
@@ -958,8 +1354,7 @@ def _describe_inputs(function: Any, spec: Any) -> list[_Input]:
             color_spaces[feature.name] = enum.Name(feature.type.imageType.colorSpace)
     inputs = []
     for name, var in function.inputs.items():
-        shape = tuple(d if isinstance(d, (int, np.integer)) else None for d in var.shape)
-        inputs.append(_Input(name, shape, _np_dtype(var), color_spaces.get(name)))
+        inputs.append(_Input(name, _static_shape(var), _np_dtype(var), color_spaces.get(name)))
     return inputs
 
 

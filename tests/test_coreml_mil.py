@@ -397,3 +397,127 @@ def test_compressed_weights(name, tmp_path):
     (want,) = run_torch(module, x)
     got = evaluator(x=x.numpy())[evaluator.output_names[0]]
     assert rel_err(got, want) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed without changing the numbers: batches through batch-1 programs, lookup tables, rounding.
+def _items(evaluator: MilEvaluator, name: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """The evaluator's outputs for each item of ``batch`` alone, stacked."""
+    parts = [evaluator(**{name: batch[i : i + 1]}) for i in range(len(batch))]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if value.dtype == object:
+            assert list(got[key]) == list(value)
+        else:
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_batch_through_a_batch1_convnext_equals_its_items_bit_for_bit(precision, tmp_path):
+    module = tiny_convnext(2)
+    image = ct.ImageType(name="image", shape=(1, 3, 64, 64), scale=1 / 255, bias=[0, 0, 0])
+    path = convert(
+        module, torch.rand(1, 3, 64, 64), tmp_path / "convnext.mlpackage", precision,
+        inputs=[image], classifier_config=ct.ClassifierConfig([f"c{i}" for i in range(10)]),
+    )  # fmt: skip
+    evaluator = MilEvaluator.from_mlpackage(path)
+    assert evaluator.batched
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    _assert_same(evaluator(image=pixels), _items(evaluator, "image", pixels))
+
+
+def test_batch_rewrites_of_shape_ops_keep_each_item_alone(tmp_path):
+    """Reshape, slices, squeeze/expand, concat, reductions and rank-2 matmul on a batch-1
+    program: rewritten to carry the batch, each item's result is its batch-1 result."""
+    from coremltools.converters.mil import Builder as mb  # noqa: N813 - the documented alias
+
+    weight = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 4))], opset_version=ct.target.iOS17)
+    def prog(x):
+        flat = mb.reshape(x=x, shape=[1, 12])
+        sliced = mb.slice_by_index(x=x, begin=[0, 1, 0], end=[1, 3, 4], stride=[1, 1, 2])
+        sized = mb.slice_by_size(x=x, begin=[0, 0, 1], size=[1, -1, 2])
+        expanded = mb.squeeze(x=mb.expand_dims(x=x, axes=[2]), axes=[2])
+        joined = mb.concat(values=[x, expanded], axis=1)
+        means = mb.reduce_mean(x=joined, axes=[-1], keep_dims=False)  # (1, 6)
+        product = mb.matmul(x=means, y=weight)  # rank 2: one row per item
+        soft = mb.softmax(x=mb.linear(x=product, weight=weight), axis=-1)
+        return flat, sliced, sized, joined, product, soft
+
+    model = ct.convert(
+        prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+        compute_precision=ct.precision.FLOAT32,
+    )  # fmt: skip
+    model.save(str(tmp_path / "shapes.mlpackage"))
+    evaluator = MilEvaluator.from_mlpackage(tmp_path / "shapes.mlpackage")
+    rewritten = {"reshape", "slice_by_index", "slice_by_size", "squeeze", "expand_dims"}
+    assert rewritten | {"concat", "reduce_mean", "matmul", "linear"} <= evaluator.op_types
+    assert evaluator.batched
+    x = np.random.default_rng(1).normal(size=(4, 3, 4)).astype(np.float32)
+    got = evaluator(x=x)
+    _assert_same(got, _items(evaluator, "x", x))
+    flat, sliced, sized = (got[n] for n in evaluator.output_names[:3])
+    np.testing.assert_array_equal(flat, x.reshape(4, 12))
+    np.testing.assert_array_equal(sliced, x[:, 1:3, ::2])
+    np.testing.assert_array_equal(sized, x[:, :, 1:3])
+
+
+class FlattensTheBatch(nn.Module):
+    def forward(self, x):  # the batch axis is folded away: items cannot share one pass
+        return (torch.flatten(x) * 2.0).reshape(1, -1)
+
+
+def test_a_program_that_mixes_items_is_evaluated_item_by_item(tmp_path):
+    path = convert(FlattensTheBatch(), torch.rand(1, 3, 2, 2), tmp_path / "flat.mlpackage")
+    evaluator = MilEvaluator.from_mlpackage(path)
+    assert not evaluator.batched
+    x = np.random.default_rng(0).normal(size=(3, 3, 2, 2)).astype(np.float32)
+    (out,) = (evaluator(x=x)[n] for n in evaluator.output_names)
+    np.testing.assert_array_equal(out, x.reshape(3, -1) * 2.0)
+
+
+class Tabulated(nn.Module):
+    def forward(self, x):
+        acts = [F.gelu(x), torch.sigmoid(x), torch.tanh(x), torch.exp(x), torch.rsqrt(x.abs())]
+        return torch.cat(acts, dim=-1)
+
+
+def test_lookup_tables_give_the_ops_own_results_for_every_fp16_input(tmp_path, monkeypatch):
+    from edge_convnext.targets import coreml_mil
+
+    path = convert(Tabulated(), torch.rand(1, 64), tmp_path / "tables.mlpackage", "fp16")
+    tabulated = MilEvaluator.from_mlpackage(path)
+    monkeypatch.setattr(coreml_mil, "_TABLE_OPS", frozenset())
+    computed = MilEvaluator.from_mlpackage(path)
+    tables = {s.op_type for s in tabulated._steps if isinstance(s.fn, coreml_mil._Table)}
+    assert tables == {"gelu", "sigmoid", "tanh", "exp", "rsqrt"}
+    assert not any(isinstance(s.fn, coreml_mil._Table) for s in computed._steps)
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    x = every[np.isfinite(every)].reshape(-1, 64)  # a batch of 992 rows
+    with np.errstate(all="ignore"):
+        _assert_same(tabulated(x=x), computed(x=x))
+
+
+def test_fp16_rounding_is_numpys_cast_bit_for_bit():
+    from edge_convnext.targets.coreml_mil import _round_to_fp16
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    finite = np.sort(every[np.isfinite(every)])
+    halfway = ((finite[:-1].astype(np.float64) + finite[1:]) / 2).astype(np.float32)
+    near = [(halfway.view(np.uint32) + np.uint32(d)).view(np.float32) for d in (1, 2**32 - 1)]
+    specials = np.array([65519.99, 65520, 1e5, 3e38, np.inf, -np.inf, np.nan, -0.0, -1e-9])
+    random_bits = np.random.default_rng(0).integers(0, 2**32, 1 << 20, dtype=np.uint32)
+    values = np.concatenate([every, halfway, *near, specials.astype(np.float32)])
+    values = np.concatenate([values, -values, random_bits.view(np.float32)])
+    with np.errstate(all="ignore"):
+        want = values.astype(np.float16).astype(np.float32)
+        got = _round_to_fp16(values.copy(), fresh=True)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(
+        got.view(np.uint32)[~np.isnan(want)], want.view(np.uint32)[~np.isnan(want)]
+    )
