@@ -37,6 +37,7 @@ and the runner's ``note`` says so.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from collections import Counter
@@ -49,9 +50,10 @@ from edge_convnext import __version__, contracts
 from edge_convnext.contracts import InputContract
 from edge_convnext.errors import ArtifactError, NotFoundError, UnsupportedError, choices
 from edge_convnext.labels import distinct_labels
+from edge_convnext.preprocess import ExternalInput
 
 from .base import NO_QUANTIZATION, Quantization, Target
-from .runner import ArtifactRunner
+from .runner import ArtifactRunner, ExternalContract
 
 if TYPE_CHECKING:  # models imports torch; this module must import without it
     from edge_convnext.models import LoadedModel
@@ -549,38 +551,67 @@ def core_ml_available() -> bool:
 class CoreMLRunner(ArtifactRunner):
     """Runs a ``.mlpackage`` once loaded: Core ML on macOS, the MIL reference evaluator elsewhere.
 
-    Returns the program's ``logits`` output, ``float32 (N, classes)``.
+    Returns ``float32 (N, classes)``: our artifacts' ``logits`` output; for a model made
+    elsewhere (``external``), its one multiarray output, or for a classifier without one, the
+    scores its ``classify`` op reads (probabilities or logits, as the model computes them).
+
+    Attributes:
+        preferred_batch: crops per evaluation. The MIL evaluator runs a batch through the
+            batch-1 program in one pass when every op allows it (:attr:`MilEvaluator.batched`),
+            which is what makes audits fast off macOS; Core ML predicts one image at a time.
     """
 
     target = NAME
+    preferred_batch = 1
 
-    def __init__(self, path: str | Path, threads: int | None = None):
-        super().__init__(path)
-        self.input_name = input_facts(self.contract)["name"]
+    def __init__(
+        self, path: str | Path, threads: int | None = None, external: ExternalInput | None = None
+    ):
+        super().__init__(path, external)
         # Core ML and numpy size their own thread pools; ``threads`` is accepted for the common
         # signature only.
         self.threads = threads
-        if core_ml_available():
-            import coremltools as ct
-
-            self.runtime = "Core ML"
-            self._model = ct.models.MLModel(str(self.path))
-            self._run = self._run_core_ml
-            input_names = [i.name for i in self._model.get_spec().description.input]
+        description = self._load_core_ml() if core_ml_available() else self._load_evaluator()
+        if external is None:
+            self._own_io(description)
         else:
-            from edge_convnext.targets import coreml_mil
+            self._external_io(description)
+            self.note = "; ".join(filter(None, [self._runtime_note, self.note]))
 
-            self.runtime = "MIL reference evaluator (numpy)"
-            self.note = coreml_mil.NOTE
-            try:
-                self._evaluator = coreml_mil.MilEvaluator.from_mlpackage(self.path)
-            except ImportError:
-                raise ArtifactError(
-                    f"{self.path}: running a .mlpackage off macOS needs coremltools to read the "
-                    f"program; {EVALUATOR_HINT}"
-                ) from None
-            self._run = self._run_evaluator
-            input_names = self._evaluator.input_names
+    def _load_core_ml(self):
+        import coremltools as ct
+
+        self.runtime = "Core ML"
+        self._runtime_note = self._evaluator = None
+        self._model = ct.models.MLModel(str(self.path))
+        self._run = self._run_core_ml
+        return self._model.get_spec().description
+
+    def _load_evaluator(self):
+        from edge_convnext.targets import coreml_mil
+
+        self.runtime = "MIL reference evaluator (numpy)"
+        self.note = self._runtime_note = coreml_mil.NOTE
+        self._model = None
+        try:
+            self._evaluator = coreml_mil.MilEvaluator.from_mlpackage(self.path)
+        except ImportError:
+            raise ArtifactError(
+                f"{self.path}: running a .mlpackage off macOS needs coremltools to read the "
+                f"program; {EVALUATOR_HINT}"
+            ) from None
+        if self._evaluator.batched:
+            self.preferred_batch = EVALUATOR_BATCH
+        self._run = self._run_evaluator
+        return self._evaluator.description
+
+    def _own_io(self, description) -> None:
+        """Our artifact's input and ``logits`` output, as its sidecar's contract says."""
+        self.input_name = input_facts(self.contract)["name"]
+        self.output_name = self._scores_name = LOGITS_OUTPUT
+        self._input_dtype = None if self.contract.normalized_in_graph else np.float32
+        self._class_labels = None
+        input_names = [feature.name for feature in description.input]
         if self.input_name not in input_names:
             raise ArtifactError(
                 f"{self.path}: expected input {self.input_name!r} for contract "
@@ -588,11 +619,97 @@ class CoreMLRunner(ArtifactRunner):
                 "`edge-convnext export --target coreml`?"
             )
 
+    def _external_io(self, description) -> None:
+        """Input, output and contract of a model made elsewhere, read from its description."""
+        if len(description.input) != 1:
+            names = [feature.name for feature in description.input]
+            raise ArtifactError(
+                f"{self.path}: {len(names)} inputs {names}; expected one RGB image or one "
+                "multiarray input"
+            )
+        feature = description.input[0]
+        kind = feature.type.WhichOneof("Type")
+        self.input_name = feature.name
+        if kind == "imageType":
+            self.contract = self._image_contract(feature.type.imageType)
+            self._input_dtype = None
+        elif kind == "multiArrayType":
+            array = feature.type.multiArrayType
+            self._input_dtype = _ARRAY_DTYPES[_array_dtype_name(array.dataType)]
+            # float16 inputs are fed float32 values, which the model rounds itself
+            dtype = np.float32 if self._input_dtype.kind == "f" else self._input_dtype
+            self.contract = self.external_contract([int(n) for n in array.shape], dtype)
+        else:
+            raise ArtifactError(
+                f"{self.path}: input {feature.name!r} is a {kind}; expected an RGB image or a "
+                "multiarray"
+            )
+        self.check_classes(self._external_output(description))
+
+    def _image_contract(self, image) -> ExternalContract:
+        """An image input takes raw RGB pixels (its scale and bias run in the program)."""
+        import coremltools as ct
+
+        space = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace)
+        if space not in ("RGB", "BGR"):
+            raise ArtifactError(f"{self.path}: a {space} image input; expected an RGB image")
+        side = [image.height or None, image.width or None]
+        if self.external.layout == "NCHW":  # an image has no layout: take the one asked for
+            return self.external_contract([1, 3, *side], np.uint8, image=True)
+        return self.external_contract([1, *side, 3], np.uint8, image=True)
+
+    def _external_output(self, description) -> int:
+        """Pick the scores output of a model made elsewhere; returns its class count."""
+        arrays = [f for f in description.output if f.type.WhichOneof("Type") == "multiArrayType"]
+        if len(arrays) == 1:
+            self.output_name = self._scores_name = arrays[0].name
+            self._class_labels = None
+            shape = tuple(arrays[0].type.multiArrayType.shape) or self._declared_shape()
+            return math.prod(shape) if shape and None not in shape else -1
+        if description.predictedProbabilitiesName and not arrays:
+            self.output_name = description.predictedProbabilitiesName
+            self._class_labels = self._classifier_labels()
+            if self._evaluator is not None:  # the tensor classify reads
+                self._scores_name = self._evaluator.probabilities_name
+            self.note = "; ".join(
+                filter(None, [self.note, f"scores: the classifier's {self.output_name!r}"])
+            )
+            return len(self._class_labels)
+        names = [feature.name for feature in description.output]
+        raise ArtifactError(
+            f"{self.path}: outputs {names}; expected one multiarray output (the logits) or a "
+            "classifier's probabilities"
+        )
+
+    def _declared_shape(self) -> tuple[int | None, ...]:
+        """The output's shape in the program, where the description leaves it out."""
+        if self._evaluator is None:
+            return ()
+        return self._evaluator.output_shapes.get(self.output_name, ())
+
+    def _classifier_labels(self) -> list:
+        spec = self._model.get_spec() if self._model is not None else _read_spec(self.path)
+        labels = class_labels(_main_block(spec))
+        if labels is None:
+            raise ArtifactError(f"{self.path}: a classifier whose class labels cannot be read")
+        return labels
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        inputs = self.contract.inputs(crops, self.preprocessing)
+        step = self.preferred_batch
+        scores = [
+            self.run_contract_input(inputs[i : i + step]) for i in range(0, len(inputs), step)
+        ]
+        logits = np.concatenate(scores).astype(np.float32, copy=False)
+        return logits[:, 1:] if self.background else logits
+
     def run_contract_input(self, batch: np.ndarray) -> np.ndarray:
+        if self.contract.normalized_in_graph and self.contract.layout == "NCHW":
+            batch = batch.transpose(0, 2, 3, 1)  # pixels of an image input, as Core ML takes
         return np.asarray(self._run(batch), dtype=np.float32).reshape(len(batch), -1)
 
     def _run_evaluator(self, batch: np.ndarray) -> np.ndarray:
-        return self._evaluator(**{self.input_name: batch})[LOGITS_OUTPUT]
+        return self._evaluator(**{self.input_name: batch})[self._scores_name]
 
     def _run_core_ml(self, batch: np.ndarray) -> np.ndarray:
         if self.contract.normalized_in_graph:
@@ -600,16 +717,42 @@ class CoreMLRunner(ArtifactRunner):
 
             value = Image.fromarray(np.ascontiguousarray(batch[0], dtype=np.uint8))  # RGB
         else:
-            value = np.ascontiguousarray(batch, dtype=np.float32)
-        return self._model.predict({self.input_name: value})[LOGITS_OUTPUT]
+            value = np.ascontiguousarray(batch, dtype=self._input_dtype)
+        result = self._model.predict({self.input_name: value})[self.output_name]
+        if self._class_labels is not None:  # a classifier's {label: score}
+            return np.array([[result[label] for label in self._class_labels]])
+        return result
 
 
-def load(path: Path, threads: int | None = None) -> CoreMLRunner:
-    """A runner for a ``.mlpackage`` written by :func:`export` (needs its sidecar manifest)."""
+# Crops per MIL evaluator call (bench/mil_speed.py: ConvNeXt-T's activations at this batch take a
+# few hundred MB).
+EVALUATOR_BATCH = 16
+# Core ML multiarray dtypes (ArrayFeatureType.ArrayDataType names) as numpy's.
+_ARRAY_DTYPES = {
+    "FLOAT32": np.dtype(np.float32),
+    "FLOAT16": np.dtype(np.float16),
+    "DOUBLE": np.dtype(np.float64),
+    "INT32": np.dtype(np.int32),
+    "INT8": np.dtype(np.int8),
+}
+
+
+def _array_dtype_name(code: int) -> str:
+    import coremltools as ct
+
+    return ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(code)
+
+
+def load(
+    path: Path, threads: int | None = None, external: ExternalInput | None = None
+) -> CoreMLRunner:
+    """A runner for a ``.mlpackage``: one written by :func:`export` (with its sidecar manifest),
+    or, with ``external`` (the preprocessing of a classifier made elsewhere), any ML Program with
+    one image or multiarray input, whose input and output are read from its description."""
     path = Path(path)
     if not path.is_dir():
         raise NotFoundError(f"{path}: no such .mlpackage (a directory)")
-    return CoreMLRunner(path, threads)
+    return CoreMLRunner(path, threads, external)
 
 
 # --- inspect ------------------------------------------------------------------------------------
@@ -735,17 +878,39 @@ def _literal(binding, producers):
 
 
 def _label_count(block) -> int | None:
+    labels = class_labels(block)
+    return None if labels is None else len(labels)
+
+
+def class_labels(block) -> list | None:
+    """The labels (str or int) of the main block's ``classify`` op, in class order; None if it
+    has none or they are not stored inline."""
     for op in block.operations:
         if op.type == "classify":
             classes = op.inputs["classes"].arguments[0]
-            if classes.WhichOneof("binding") == "value":
-                value = classes.value.immediateValue
-                kind = value.WhichOneof("value")
-                if kind == "list":
-                    return len(value.list.values)
-                tensor = value.tensor
-                return len(getattr(tensor, tensor.WhichOneof("value")).values)
+            if classes.WhichOneof("binding") != "value":
+                return None
+            value = classes.value.immediateValue
+            if value.WhichOneof("value") == "list":
+                return [_scalar(v.immediateValue.tensor) for v in value.list.values]
+            return list(_tensor_values(value.tensor))
     return None
+
+
+def _tensor_values(tensor) -> list:
+    kind = tensor.WhichOneof("value")
+    return list(getattr(tensor, kind).values) if kind else []
+
+
+def _scalar(tensor):
+    (value,) = _tensor_values(tensor)
+    return value
+
+
+def _read_spec(path: Path):
+    import coremltools as ct
+
+    return ct.models.MLModel(str(path), skip_model_load=True).get_spec()
 
 
 def _classify_source(block) -> str | None:
