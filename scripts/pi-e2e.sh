@@ -12,6 +12,8 @@
 #                                            # and torch (aarch64, resolved inside the root, so
 #                                            # needs network there) in their own venv, its size,
 #                                            # install time and a .pte predict against the host's
+#                                            # (PyPI's aarch64 torch is a CUDA build: ~2.9 GB of
+#                                            # wheels, cached; ~8 min more per run)
 #
 # Caches (never in the repo): $EDGE_CONVNEXT_PI_CACHE (default /var/cache/edge-convnext-pi)
 # holds the finished root (debootstrap: 4-7 min cold), the aarch64 wheels and the full-size
