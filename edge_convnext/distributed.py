@@ -6,7 +6,10 @@ those it advertises as custom resources (``ray start --resources
 '{"edge_convnext_coreml": 1}'`` on a Mac), or else those it can import. One actor per runtime per
 node opens its runners once and scores the shards it is given with
 :func:`edge_convnext.audit.run_part`, returning the part's files as bytes; the driver writes them
-into ``OUT/parts/`` and merges the parts into the report a single-process audit writes.
+into ``OUT/parts/``, joins the runtimes' parts of each shard side by side
+(:func:`~edge_convnext.audit_parts.join`: every metric, the comparisons with the reference
+included, is computed from the joined chunks) and merges the shards into the report a
+single-process audit writes (:func:`edge_convnext.audit.merge`).
 
 A cluster does not share a disk: artifacts (with their sidecars) go to the actors as bytes through
 Ray's object store, once per artifact, and so do each shard's image bytes, with the task; an actor
@@ -419,7 +422,6 @@ class _Task:
     shard: Any
     target: str
     attempts: int = 0
-    error: str | None = None
 
     @property
     def name(self) -> str:

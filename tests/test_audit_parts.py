@@ -276,3 +276,27 @@ def test_cli_shards_resume_and_merge_with_checkpoints(tiny_checkpoints, data, tm
     assert "expected K/N with 1 <= K <= N" in capsys.readouterr().err
     assert cli.main(["audit", *models, *common, "--shards", "2"]) == 2
     assert "--shards goes with --ray" in capsys.readouterr().err
+
+
+def test_parts_of_one_shard_scored_apart_join_into_the_audit_of_both(data, tmp_path):
+    """What a Ray cluster does with runtimes on different nodes, on one machine."""
+    both = audit.audit(runners()[:2], data, out=tmp_path / "both", reference="toy-fp32")
+    dataset = audit.select_dataset(data)
+    selection = audit_parts.Selection.of(dataset)
+    reference, other = runners()[:2]
+    audit.run_part([reference], dataset.samples, tmp_path / "a", "toy-fp32", selection=selection)
+    audit.run_part([other], dataset.samples, tmp_path / "b", selection=selection, chunk_size=CHUNK)
+    with pytest.raises(UsageError, match="other images"):  # chunked differently: refused
+        audit_parts.join(
+            [audit_parts.load_part(tmp_path / p) for p in "ab"],
+            ["toy-fp32", "toy-w8a8.pte"],
+            "toy-fp32",
+            tmp_path / "joined",
+        )
+    audit.run_part([other], dataset.samples, tmp_path / "b", selection=selection)
+    parts = [audit_parts.load_part(tmp_path / p) for p in "ab"]
+    joined = audit_parts.join(parts, ["toy-fp32", "toy-w8a8.pte"], "toy-fp32", tmp_path / "joined")
+    merged = audit.merge([joined.path], tmp_path / "merged")
+    assert comparable(merged.report) == comparable(both.report)
+    with pytest.raises(UsageError, match="are not the models"):
+        audit_parts.join(parts, ["toy-fp32"], "toy-fp32", tmp_path / "wrong")
