@@ -1,20 +1,23 @@
 """Batch-1 CPU speed of every runtime for one seed model, in one process, with top-1 agreement.
 
-Builds each variant (eager fp32 PyTorch; fp32/int8 ExecuTorch .pte with XNNPACK; fp32/int8
-LiteRT .tflite; the peers: ONNX Runtime fp32 and static int8 QDQ, OpenVINO fp32 run at f32 and at
-bf16 precision and OpenVINO int8 from NNCF PTQ, default and model_type=TRANSFORMER, on the same
-calibration images), times batch-1 inference with
+Builds each variant (eager fp32 PyTorch; fp32/int8/4-bit ExecuTorch .pte with XNNPACK;
+fp32/int8/4-bit/int16-activation LiteRT .tflite; the peers: ONNX Runtime fp32 and static int8
+QDQ, OpenVINO fp32 run at f32 and at bf16 precision and OpenVINO int8 from NNCF PTQ, default
+and model_type=TRANSFORMER, on the same calibration images), times batch-1 inference with
 ``--threads`` threads (warm-up, then interleaved rounds; median and p90), scores top-1 agreement
 and cosine vs eager fp32 on real images not used for calibration, and writes JSON + Markdown to
 ``bench/results/``.
 
 The ``.pte`` and ``.tflite`` files are what ``edge-convnext export`` writes (``pipeline.build``,
-``float-nchw`` contract, recipes ``fp32`` and ``w8a8`` calibrated on the first ``--calib``
-images) run by the toolkit's own runners. ``--rewrites portable`` exports them without the
+``float-nchw`` contract, recipes ``fp32``, ``w8a8``, ``w4a8``, ``w8a16`` calibrated on the first
+``--calib`` images) run by the toolkit's own runners. With ``--workdir DIR`` they are kept there
+and reused by the next run, so ``--build-only`` can build them under a shared lock and a second
+run time them under an exclusive one. ``--rewrites portable`` exports them without the
 XNNPACK rewrites (``Target.rewrites_for``), to measure what those buy (``bench/FINDINGS.md``).
 Eager PyTorch and ONNX Runtime run the model with the portable rewrites only.
 
     python bench/speed.py --seed-model convnext-tiny-224 --threads 2 --calib 32 --rounds 20
+    python bench/speed.py --variants pte-fp32,pte-w4a8 --workdir runs/bench --build-only
 """
 
 from __future__ import annotations
@@ -85,19 +88,24 @@ def build_eager(ctx: Context) -> Variant:
 
 
 def _artifact(ctx: Context, target: str, recipe: str) -> Variant:
-    """``pipeline.build`` (what ``edge-convnext export`` writes), run by the target's runner."""
+    """``pipeline.build`` (what ``edge-convnext export`` writes), run by the target's runner; an
+    artifact already in the work directory (``--workdir``) is reused."""
     from edge_convnext import manifest, pipeline, targets
 
-    path = pipeline.build(
-        str(ctx.checkpoint),
-        target,
-        recipe,
-        ctx.workdir / f"{target}-{recipe}",
-        contract="float-nchw",
-        calibration=pipeline.Calibration(ctx.calibration_dir, len(ctx.calibration)),
-        rewrite_names=ctx.rewrite_names(target, recipe),
-        progress=False,
-    )
+    folder = ctx.workdir / f"{target}-{recipe}-{ctx.rewrites}"
+    sidecars = sorted(folder.glob(f"*.{recipe}.float-nchw.*.json")) if folder.is_dir() else []
+    path = sidecars[0].with_suffix("") if sidecars else None
+    if path is None:
+        path = pipeline.build(
+            str(ctx.checkpoint),
+            target,
+            recipe,
+            folder,
+            contract="float-nchw",
+            calibration=pipeline.Calibration(ctx.calibration_dir, len(ctx.calibration)),
+            rewrite_names=ctx.rewrite_names(target, recipe),
+            progress=False,
+        )
     runner = targets.get(target).load(path, threads=ctx.threads)
     details = manifest.read(path).details
     facts = {
@@ -134,12 +142,24 @@ def build_pte_int8(ctx: Context) -> Variant:
     return _artifact(ctx, "executorch", "w8a8")
 
 
+def build_pte_w4a8(ctx: Context) -> Variant:
+    return _artifact(ctx, "executorch", "w4a8")
+
+
 def build_tflite_fp32(ctx: Context) -> Variant:
     return _artifact(ctx, "tflite", "fp32")
 
 
 def build_tflite_int8(ctx: Context) -> Variant:
     return _artifact(ctx, "tflite", "w8a8")
+
+
+def build_tflite_w4a8(ctx: Context) -> Variant:
+    return _artifact(ctx, "tflite", "w4a8")
+
+
+def build_tflite_w8a16(ctx: Context) -> Variant:
+    return _artifact(ctx, "tflite", "w8a16")
 
 
 def _onnx_fp32(ctx: Context) -> Path:
@@ -296,8 +316,11 @@ VARIANTS: dict[str, Callable[[Context], Variant]] = {
     "eager-fp32": build_eager,
     "pte-fp32": build_pte_fp32,
     "pte-int8": build_pte_int8,
+    "pte-w4a8": build_pte_w4a8,
     "tflite-fp32": build_tflite_fp32,
     "tflite-int8": build_tflite_int8,
+    "tflite-w4a8": build_tflite_w4a8,
+    "tflite-w8a16": build_tflite_w8a16,
     "ort-fp32": build_ort_fp32,
     "ort-int8": build_ort_int8,
     "openvino-fp32-f32": build_openvino_f32,
@@ -308,6 +331,8 @@ VARIANTS: dict[str, Callable[[Context], Variant]] = {
 # Peers: the strongest non-toolkit CPU runtimes, which each int8 artifact is compared with.
 PEERS = ("ort-int8", "openvino-int8", "openvino-int8-transformer")
 BASELINE = "eager-fp32"
+# The fp32 file each artifact's size is compared with (same target, same converter).
+FP32_OF = {"pte": "pte-fp32", "tflite": "tflite-fp32"}
 
 
 # --- measurement ---------------------------------------------------------------------------
@@ -402,7 +427,18 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(VARIANTS)}",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the checkpoint and artifacts here and reuse those already built "
+        "(default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--build-only", action="store_true", help="build the variants into --workdir and stop"
+    )
     args = parser.parse_args(argv)
+    if args.build_only and args.workdir is None:
+        parser.error("--build-only needs --workdir")
 
     import torch
 
@@ -426,16 +462,19 @@ def main(argv: list[str] | None = None) -> int:
     reference = rewrites.apply(seeded.module, targets.PORTABLE_REWRITES).eval()
 
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="edge-convnext-bench-") as workdir:
+    with _workdir(args.workdir) as workdir:
         workdir = Path(workdir)
-        seeded.hf_model.save_pretrained(workdir / args.seed_model)
+        if not (workdir / args.seed_model).is_dir():
+            seeded.hf_model.save_pretrained(workdir / args.seed_model)
         ctx = Context(
             args.seed_model,
             args.rewrites,
             args.threads,
             reference,
             workdir / args.seed_model,
-            _link_images(find_images(args.data)[: args.calib], args.data, workdir / "calibration"),
+            _link_images(
+                find_images(args.data)[: args.calib], args.data, workdir / f"calib{args.calib}"
+            ),
             calibration,
             workdir,
         )
@@ -452,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             variants[name].details["build_s"] = round(time.perf_counter() - started, 1)
         names = [name for name in names if name in variants]
+        if args.build_only:
+            print(f"built {', '.join(names)} in {workdir}", file=sys.stderr)
+            return 1 if failed else 0
         load_start = os.getloadavg()
         samples = time_variants(variants, held_out[:1], args.warmup, args.rounds, args.per_round)
         load_end = os.getloadavg()
@@ -468,12 +510,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         median = statistics.median(samples[name])
+        fp32 = variants.get(FP32_OF.get(name.split("-")[0], ""))
+        bytes_ = variants[name].details.get("bytes")
         rows.append(
             {
                 "variant": name,
                 "median_ms": round(median, 2),
                 "p90_ms": round(percentile(samples[name], 90), 2),
                 "speedup_vs_eager": round(baseline_ms / median, 2),
+                "size_vs_fp32_file": round(bytes_ / fp32.details["bytes"], 4)
+                if fp32 is not None and bytes_
+                else None,
                 **{k: round(v, 6) for k, v in scores[name].items()},
                 "details": variants[name].details,
             }
@@ -497,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"speed-{args.seed_model}-{args.rewrites}-t{args.threads}"
+    if args.variants != parser.get_default("variants"):
+        stem += "-" + "-".join(names[1:])[:80]
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     table = markdown_table(result)
     (args.out / f"{stem}.md").write_text(table)
@@ -518,9 +567,9 @@ def markdown_table(result: dict) -> str:
         f"{result['results'][0]['fp32_median_margin']:.3f} logit.",
         "",
         "| variant | median ms | p90 ms | vs eager fp32 | vs best int8 peer | size MB "
-        "| top-1 agree | agree, expected | agree, upper-half margin | cosine mean | cosine min "
-        "| partitions / ops |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| vs fp32 file | top-1 agree | agree, expected | agree, upper-half margin | cosine mean "
+        "| cosine min | SNR dB | KL | partitions / ops |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     peers = [r for r in result["results"] if r["variant"] in PEERS]
     best = min(peers, key=lambda r: r["median_ms"]) if peers else None
@@ -533,14 +582,30 @@ def markdown_table(result: dict) -> str:
         lines.append(
             f"| {row['variant']} | {row['median_ms']:.1f} | {row['p90_ms']:.1f} | "
             f"{row['speedup_vs_eager']:.2f}x | {versus} | {_megabytes(row['details'])} | "
+            f"{_ratio(row.get('size_vs_fp32_file'))} | "
             f"{100 * row['top1_agreement']:.1f}% | "
             f"{100 * row['top1_agreement_expected']:.1f}% | "
             f"{100 * row['top1_agreement_upper_half_margin']:.1f}% | "
-            f"{row['cosine_mean']:.6f} | {row['cosine_min']:.6f} | {_structure(row['details'])} |"
+            f"{row['cosine_mean']:.6f} | {row['cosine_min']:.6f} | {row['snr_db']:.1f} | "
+            f"{row['kl']:.1e} | {_structure(row['details'])} |"
         )
     for name, reason in result.get("failed", {}).items():
-        lines.append(f"| {name} | failed: {reason} |||||||||||")
+        lines.append(f"| {name} | failed: {reason} ||||||||||||||")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.3f}x" if value else ""
+
+
+def _workdir(path: Path | None):
+    """``path`` (created) as a context manager, or a temporary folder removed afterwards."""
+    import contextlib
+
+    if path is None:
+        return tempfile.TemporaryDirectory(prefix="edge-convnext-bench-")
+    path.mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(str(path))
 
 
 def _megabytes(details: dict) -> str:
@@ -569,7 +634,8 @@ def _link_images(paths: list[Path], root: Path, folder: Path) -> Path:
     for path in paths:
         link = folder / Path(path).relative_to(root)
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path(path).resolve())
+        if not link.is_symlink():
+            link.symlink_to(Path(path).resolve())
     return folder
 
 

@@ -51,7 +51,11 @@ class QuantizationRecord:
         method: ``ptq`` or ``qat``.
         calibration: the calibration (or QAT training) images.
         smoothquant_alpha, weight_rounding: the recipe's pre-quantization steps that ran.
-        float_layers: layers left in float by ``--keep-float``; ``sensitivity``: the ranking.
+        kept_layers: layers kept in higher precision by ``--keep-float``/``--target-snr``,
+            with ``kept_weights`` (``fp32``; ``int8`` in 4-bit recipes); ``sensitivity``: the
+            ranking they were picked from.
+        target_snr: ``--target-snr``'s search: ``target_db``, the ``calibration_snr_db``
+            reached, the ``kept_layers`` and every count ``tried``; None without it.
         facts: what the target's quantizer or the QAT run adds (quantizer, I/O scales, config).
     """
 
@@ -59,8 +63,10 @@ class QuantizationRecord:
     calibration: CalibrationSet | None = None
     smoothquant_alpha: float | None = None
     weight_rounding: str = "nearest"
-    float_layers: tuple[str, ...] = ()
+    kept_layers: tuple[str, ...] = ()
+    kept_weights: str = "fp32"
     sensitivity: tuple[dict, ...] = ()
+    target_snr: dict | None = None
     facts: dict = field(default_factory=dict)
 
     def with_facts(self, **facts) -> QuantizationRecord:
@@ -75,8 +81,11 @@ class QuantizationRecord:
             calibration=CalibrationSet.from_dict(calibration) if calibration else None,
             smoothquant_alpha=data.pop("smoothquant_alpha", None),
             weight_rounding=data.pop("weight_rounding", "nearest"),
-            float_layers=tuple(data.pop("float_layers", ())),
+            # "float_layers": manifests written before 4-bit recipes kept layers at int8
+            kept_layers=tuple(data.pop("kept_layers", data.pop("float_layers", ()))),
+            kept_weights=data.pop("kept_weights", "fp32"),
             sensitivity=tuple(data.pop("sensitivity", ())),
+            target_snr=data.pop("target_snr", None),
             facts={**data.pop("facts", {}), **data},
         )
 

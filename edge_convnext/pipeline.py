@@ -26,20 +26,25 @@ from .quantize.recipes import Recipe
 from .targets import Quantization, Target
 
 SENSITIVITY_IMAGES = 8  # enough to rank layers; each layer costs one pass over them
+DEFAULT_CALIBRATION_SIZE = 32  # a recipe that needs none, ranked for --keep-float/--target-snr
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Calibration images (``--calib DIR --calib-size N``) and what to learn from them.
 
-    ``keep_float``: leave the N layers most sensitive to quantization in float
-    (``quantize.sensitivity``); their names and the ranking go into the manifest.
+    ``keep_float``: keep the N layers most sensitive to quantization in higher precision (the
+    recipe's ``fallback_weights``: float, or int8 for 4-bit recipes; ranked by
+    ``quantize.sensitivity``). ``target_snr``: instead, keep the fewest that give this logits
+    SNR (dB) against the float model on the calibration images. The layers, the ranking and the
+    search go into the manifest.
     """
 
     folder: Path | None = None
     size: int | None = None  # default: the recipe's calibration_size
     seed: int = 0
     keep_float: int = 0
+    target_snr: float | None = None
 
 
 def build(
@@ -125,7 +130,7 @@ def calibration_images(loaded, recipe: Recipe, calibration: Calibration, shared=
     once per ``shared`` dict."""
     from .quantize import calibration as images
 
-    size = calibration.size or recipe.calibration_size
+    size = calibration.size or recipe.calibration_size or DEFAULT_CALIBRATION_SIZE
     key = ("images", calibration.folder, size, calibration.seed, loaded.preprocessing)
     if shared is not None and key in shared:
         return shared[key]
@@ -147,10 +152,13 @@ def calibrate(
     """PTQ with the target's quantizer on calibration images; their keys go to the manifest.
 
     In order: SmoothQuant balancing (``recipe.smoothquant_alpha``), the sensitivity ranking
-    (``--keep-float``), GPTQ weight rounding (``recipe.weight_rounding``), then calibrated
-    quantization of ``recipe.layers`` minus the float ones. With ``shared``, the steps before
-    the target's quantizer (they depend on the model, contract, recipe and images only) run once
-    for every target that shares them (ExecuTorch and LiteRT).
+    (``--keep-float``/``--target-snr``), weight rounding on the recipe's grids
+    (``recipe.weight_rounding``; kept layers on the fallback grid), then quantization of
+    ``recipe.layers`` (calibrated static activations, or dynamic ones). ``--target-snr``
+    quantizes with more of the ranking kept until the calibration-set SNR reaches the target
+    (``quantize.sensitivity.fewest_kept``). With ``shared``, the steps before the target's
+    quantizer (they depend on the model, contract, recipe and images only) run once for every
+    target that shares them (ExecuTorch and LiteRT).
     """
     from .quantize import balance, gptq
     from .quantize.ptq import contract_batches, ptq
@@ -158,47 +166,122 @@ def calibrate(
 
     # Core ML quantizes the bare float-NCHW model and adds the contract's input around it.
     contract = target.quantized_contract(contract)
-    images = calibration_images(loaded, recipe, calibration, shared)
-    batches = contract_batches(images.crops, contract, loaded.preprocessing)
+    images = None  # a dynamic-activation recipe with nearest rounding learns nothing from images
+    batches = []
+    if recipe.needs_calibration or calibration.keep_float or calibration.target_snr is not None:
+        images = calibration_images(loaded, recipe, calibration, shared)
+        batches = contract_batches(images.crops, contract, loaded.preprocessing)
     key = ("prepared", id(loaded), loaded.rewrites, contract.name, recipe, calibration)
     if shared is not None and key in shared:
-        module, ranking, float_layers = shared[key]
+        module, ranking, rounding = shared[key]
     else:
         module = balance.for_recipe(with_contract(loaded, contract), recipe, batches)
         ranking = []
-        if calibration.keep_float:
-            from .quantize.sensitivity import layer_sensitivity
-
-            probe = torch.cat(batches[:SENSITIVITY_IMAGES])
-            ranking = layer_sensitivity(module, probe, layers=recipe.layers, progress=progress)
-        float_layers = [layer.name for layer in ranking[: calibration.keep_float]]
-        module = gptq.for_recipe(module, recipe, batches, float_layers, progress)
+        if calibration.keep_float or calibration.target_snr is not None:
+            ranking = _sensitivity(module, recipe, batches, progress)
+        rounding = gptq.Rounding(module, recipe, batches)
         if shared is not None:
-            shared[key] = (module, ranking, float_layers)
-    quantized = ptq(
-        module,
-        example_input(contract, loaded.preprocessing),
-        target.quantization_scheme(recipe, keep_float=tuple(float_layers)),
-        batches,
-        progress=progress,
-    )
+            shared[key] = (module, ranking, rounding)
+    example = example_input(contract, loaded.preprocessing)
+
+    def quantized_with(kept: tuple[str, ...]):
+        scheme = target.quantization_scheme(recipe, keep_float=kept)
+        return ptq(rounding.apply(kept, progress), example, scheme, batches, progress=progress)
+
+    search = None
+    if calibration.target_snr is None:
+        kept = tuple(layer.name for layer in ranking[: calibration.keep_float])
+        quantized = quantized_with(kept)
+    else:
+        quantized, search = _fewest_kept(module, ranking, quantized_with, batches, calibration)
+        kept = tuple(search["kept_layers"])
     quantized.record = QuantizationRecord(
         "ptq",
-        images.record(),
+        images.record() if images else None,
         smoothquant_alpha=recipe.smoothquant_alpha,
         weight_rounding=recipe.weight_rounding,
-        float_layers=tuple(float_layers),
+        kept_layers=kept,
+        kept_weights=recipe.fallback_weights,
         sensitivity=tuple(layer.to_dict() for layer in ranking),
+        target_snr=search,
+        facts=quantized.record.facts,
     )
     return quantized
+
+
+def _sensitivity(module, recipe: Recipe, batches, progress: bool) -> list:
+    """The recipe's layers ranked by how much each alone, quantized as the recipe quantizes it,
+    hurts the logits (layers already at its fallback precision are not ranked)."""
+    from .quantize import gptq
+    from .quantize.sensitivity import layer_sensitivity
+
+    grids = {
+        name: grid
+        for name, grid in gptq.layer_grids(module, recipe).items()
+        if grid.name == recipe.weights
+    }
+    return layer_sensitivity(
+        module,
+        torch.cat(batches[:SENSITIVITY_IMAGES]),
+        layers=recipe.layers,
+        progress=progress,
+        grids=grids,
+        dynamic=recipe.dynamic_activations,
+    )
+
+
+def _fewest_kept(module, ranking, quantized_with, batches, calibration: Calibration):
+    """``--target-snr``: the quantized graph with the fewest layers kept that reaches the
+    target on the calibration images, and the search's record for the manifest."""
+    from .quantize.sensitivity import fewest_kept, logits_snr_db
+
+    with torch.no_grad():
+        reference = torch.cat([module(batch) for batch in batches])
+    passing: dict[tuple[str, ...], object] = {}  # the fewest-kept graph reaching the target
+
+    def snr_of(kept: tuple[str, ...]) -> float:
+        quantized = quantized_with(kept)
+        with torch.no_grad():
+            logits = torch.cat([quantized.graph(batch) for batch in batches])
+        snr = logits_snr_db(reference, logits)
+        if snr >= calibration.target_snr and all(len(kept) < len(k) for k in passing):
+            passing.clear()
+            passing[kept] = quantized
+        return snr
+
+    choice = fewest_kept(ranking, snr_of, calibration.target_snr)
+    if not choice.reached:
+        raise UsageError(
+            f"--target-snr {calibration.target_snr:g}: keeping all {len(choice.layers)} ranked "
+            f"layers in higher precision gives {choice.snr_db:.1f} dB on the calibration "
+            "images; ask for less, or use a recipe of higher precision"
+        )
+    search = {
+        "target_db": calibration.target_snr,
+        "calibration_snr_db": round(choice.snr_db, 2),
+        "kept_layers": list(choice.layers),
+        "tried": [{"kept": count, "snr_db": round(snr, 2)} for count, snr in choice.tried],
+    }
+    return passing[choice.layers], search
 
 
 def _check_inputs(
     recipe: Recipe, calibration: Calibration, from_qat: Path | None, need: str | None
 ) -> None:
-    if need == targets.IMAGES and calibration.keep_float:
+    if need == targets.IMAGES and (calibration.keep_float or calibration.target_snr is not None):
         raise UsageError(
-            f"recipe {recipe.name!r} makes every op integer: --keep-float does not apply to it"
+            f"recipe {recipe.name!r} is quantized by the converter's own pass: --keep-float and "
+            "--target-snr do not apply to it"
+        )
+    if calibration.keep_float and calibration.target_snr is not None:
+        raise UsageError("--keep-float N and --target-snr DB both choose the kept layers: pick one")
+    if calibration.target_snr is not None and need != targets.GRAPH:
+        raise UsageError(
+            f"--target-snr goes with a calibrated quantized recipe, not {recipe.name!r}"
+        )
+    if (calibration.keep_float or calibration.target_snr is not None) and not calibration.folder:
+        raise UsageError(
+            "--keep-float and --target-snr rank layers on calibration images: pass --calib DIR"
         )
     if recipe.needs_calibration and calibration.folder is None:
         raise UsageError(

@@ -3,8 +3,10 @@
 The target supplies the quantizer (``Target.quantization_scheme(recipe)``: XNNPACK's for
 ExecuTorch, litert-torch's for TFLite, torchao's X86 one for Core ML); this module supplies the
 calibration loop and the pieces every quantizer's config shares (:func:`int8_config`), like
-ExecuTorch's split of a quantization recipe from a lowering recipe. ``inplace=False``: the float
-model is never modified.
+ExecuTorch's split of a quantization recipe from a lowering recipe. Recipes with dynamic
+activations (``w4a8``) take no PT2E quantizer: their scheme is a
+:class:`~edge_convnext.quantize.dynamic.DynamicScheme`, built by ``quantize.dynamic``.
+``inplace=False``: the float model is never modified.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ class PT2EScheme:
 
 @dataclass
 class QuantizedGraph:
-    """A converted PT2E graph taking the artifact's contract input, ready for the target."""
+    """A quantized model taking the artifact's contract input, ready for the target: a
+    converted PT2E graph, or a module with torchao dynamic-activation weights."""
 
-    graph: torch.fx.GraphModule
-    scheme: PT2EScheme
+    graph: torch.nn.Module
+    scheme: object  # PT2EScheme or quantize.dynamic.DynamicScheme
     record: QuantizationRecord  # what the manifest says about how it was quantized
 
 
@@ -141,24 +144,28 @@ def export_for_quantization(
 def ptq(
     module: torch.nn.Module,
     example: torch.Tensor,
-    scheme: PT2EScheme,
+    scheme,
     calibration: Sequence[torch.Tensor],
     progress: bool = True,
 ) -> QuantizedGraph:
-    """Calibrated static quantization of ``module`` with ``quantizer``.
+    """Calibrated static quantization of ``module`` with the scheme's PT2E quantizer, or the
+    dynamic-activation layers of a ``DynamicScheme`` (nothing to calibrate).
 
     Args:
         module: float model taking the artifact's contract input.
         example: one input (shape/dtype of the contract) for export.
-        scheme: the target's PT2E quantizer and conversion options.
+        scheme: the target's :class:`PT2EScheme` (quantizer and conversion options), or a
+            ``quantize.dynamic.DynamicScheme``.
         calibration: input batches to observe activation ranges on.
         progress: show a progress bar.
 
     Returns:
-        The converted graph with quantize/dequantize nodes, ready for the target to lower.
+        The quantized graph, ready for the target to lower.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
+    if not isinstance(scheme, PT2EScheme):  # quantize.dynamic.DynamicScheme
+        return scheme.quantize(module)
     prepared = calibrated(module, example, scheme, calibration, progress=progress)
     graph = convert_pt2e(prepared, fold_quantize=scheme.fold_quantize)
     return QuantizedGraph(graph, scheme, QuantizationRecord("ptq"))
@@ -214,6 +221,11 @@ def int8_config(config, recipe: Recipe, target: str, *, qat: bool = False):
                 f"recipe {recipe.name!r}: target {target!r} quantizes int8 {field_name} only, "
                 f"not {getattr(recipe, field_name)!r}"
             )
+    if recipe.dynamic_activations or recipe.fallback_weights != "fp32":
+        raise UnsupportedError(
+            f"recipe {recipe.name!r}: target {target!r}'s PT2E quantizer builds static int8 "
+            "activations with float fallback layers only"
+        )
     activation = config.input_activation
     if qat or activation is None:
         return config

@@ -17,6 +17,8 @@ WEIGHT_TYPES = ("fp32", "fp16", "int8", "int4", "palette4", "palette6")
 ACTIVATION_TYPES = ("fp32", "fp16", "int8", "int16")
 OBSERVERS = ("histogram", "minmax")  # torchao observer classes (quantize.ptq.observer_class)
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
+FALLBACK_WEIGHTS = ("fp32", "int8")
+INTEGER_ACTIVATIONS = ("int8", "int16")
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,16 @@ class Recipe:
             The rest runs in float, in the same delegate.
         smoothquant_alpha: balance the channels of each block's ``pwconv2`` input with this
             SmoothQuant alpha before quantizing (``quantize.balance``; exact in float); None: off.
-        weight_rounding: ``nearest`` int8 step, or ``gptq`` (``quantize.gptq``: rounding that
+        weight_rounding: ``nearest`` grid step, or ``gptq`` (``quantize.gptq``: rounding that
             minimises each layer's output error on the calibration images).
+        dynamic_activations: integer activations quantized per token (per pixel) at run time
+            by the kernels (XNNPACK's ``qd8``), so no activation range is calibrated; False:
+            static ranges from the calibration images (``observer``).
+        fallback_weights: the weights of layers kept out of ``weights``: the recipe's
+            ``fallback_layers`` and those ``--keep-float``/``--target-snr`` pick by sensitivity.
+            ``fp32`` (left float) or ``int8`` (per output channel, for 4-bit recipes, where a
+            float layer would cost 8x its int4 bytes).
+        fallback_layers: layers of ``layers`` always built with ``fallback_weights``.
         description: one line for ``--help`` and reports.
     """
 
@@ -53,6 +63,9 @@ class Recipe:
     layers: tuple[str, ...] = ()
     smoothquant_alpha: float | None = None
     weight_rounding: str = "nearest"
+    dynamic_activations: bool = False
+    fallback_weights: str = "fp32"
+    fallback_layers: tuple[str, ...] = ()
 
     def __post_init__(self):
         for attr, allowed in (
@@ -60,28 +73,41 @@ class Recipe:
             ("weights", WEIGHT_TYPES),
             ("activations", ACTIVATION_TYPES),
             ("weight_rounding", WEIGHT_ROUNDINGS),
+            ("fallback_weights", FALLBACK_WEIGHTS),
         ):
             if getattr(self, attr) not in allowed:
                 raise ValueError(
                     f"recipe {self.name!r}: {attr}={getattr(self, attr)!r}, expected one of "
                     f"{choices(allowed)}"
                 )
-        calibrated = self.needs_calibration or self.is_qat
-        if calibrated != (self.observer is not None) or (
-            calibrated and self.observer not in OBSERVERS
+        if self.dynamic_activations and (
+            self.activations not in INTEGER_ACTIVATIONS or self.method != "ptq"
         ):
-            expected = f"one of {choices(OBSERVERS)}" if calibrated else "None (nothing calibrated)"
+            raise ValueError(
+                f"recipe {self.name!r}: dynamic_activations needs integer activations and ptq"
+            )
+        ranged = self.has_static_ranges
+        if ranged != (self.observer is not None) or (ranged and self.observer not in OBSERVERS):
+            expected = f"one of {choices(OBSERVERS)}" if ranged else "None (nothing calibrated)"
             raise ValueError(
                 f"recipe {self.name!r}: observer={self.observer!r}, expected {expected}"
             )
         if self.needs_calibration != (self.calibration_size > 0):
             expected = ">= 1" if self.needs_calibration else "0 (nothing calibrated)"
             raise ValueError(f"recipe {self.name!r}: calibration_size must be {expected}")
-        if isinstance(self.layers, str) or not all(isinstance(n, str) and n for n in self.layers):
-            raise ValueError(f"recipe {self.name!r}: layers must be a tuple of module names")
-        object.__setattr__(self, "layers", tuple(self.layers))  # JSON gives lists
-        if self.weight_rounding != "nearest" and not (self.needs_calibration or self.is_qat):
-            raise ValueError(f"recipe {self.name!r}: GPTQ rounding needs calibration images")
+        for attr in ("layers", "fallback_layers"):
+            names = getattr(self, attr)
+            if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"recipe {self.name!r}: {attr} must be a tuple of module names")
+            object.__setattr__(self, attr, tuple(names))  # JSON gives lists
+        if not set(self.fallback_layers) <= set(self.layers):
+            raise ValueError(f"recipe {self.name!r}: fallback_layers must be among its layers")
+        if self.fallback_layers and self.fallback_weights == "fp32":
+            raise ValueError(
+                f"recipe {self.name!r}: fp32 fallback_layers are layers left out of `layers`"
+            )
+        if self.weight_rounding != "nearest" and self.weights not in ("int8", "int4"):
+            raise ValueError(f"recipe {self.name!r}: GPTQ rounds int8 or int4 weights only")
         alpha = self.smoothquant_alpha
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"recipe {self.name!r}: smoothquant_alpha must be in [0, 1] or None")
@@ -95,9 +121,21 @@ class Recipe:
         return self.method == "qat"
 
     @property
+    def has_static_ranges(self) -> bool:
+        """Integer activations with fixed ranges, observed on images (PTQ) or kept by QAT."""
+        static = self.activations in INTEGER_ACTIVATIONS and not self.dynamic_activations
+        return static and self.method in ("ptq", "qat")
+
+    @property
     def needs_calibration(self) -> bool:
-        """Static activation quantization after training: ranges come from calibration images."""
-        return self.method == "ptq" and self.activations in ("int8", "int16")
+        """PTQ that learns from calibration images: static activation ranges, GPTQ's layer
+        inputs or SmoothQuant's channel ranges."""
+        learns = (
+            self.has_static_ranges
+            or self.weight_rounding == "gptq"
+            or self.smoothquant_alpha is not None
+        )
+        return self.method == "ptq" and learns
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +185,32 @@ RECIPES: dict[str, Recipe] = {
             "int8",
             "int8",
             "every op int8 incl. LayerNorm/GELU/GRN, integer I/O (NPU, Edge TPU), calibrated",
+            calibration_size=64,
+            observer="minmax",  # ai-edge-quantizer's min_max_uniform_quantize
+        ),
+        Recipe(
+            "w4a8",
+            "ptq",
+            "int4",
+            "int8",
+            "int4 weights in groups of 32 on the 1x1 convs and classifier, int8 downsampling "
+            "convs, int8 activations quantized per pixel at run time (XNNPACK's 8da4w)",
+            calibration_size=64,  # GPTQ's layer inputs
+            layers=INT8_LAYERS,
+            weight_rounding="gptq",
+            dynamic_activations=True,
+            fallback_weights="int8",
+            # Their output is the residual stream: int4 there cost 1.7 dB, int8 nothing
+            # (bench/FINDINGS.md), for 1.6 MB.
+            fallback_layers=("downsampling_layer.1",),
+        ),
+        Recipe(
+            "w8a16",
+            "ptq",
+            "int8",
+            "int16",
+            "int8 weights, int16 activations on every op ai-edge-quantizer's a16w8 takes (NPUs; "
+            "Qualcomm AI Hub's ConvNeXt-T precision), calibrated",
             calibration_size=64,
             observer="minmax",  # ai-edge-quantizer's min_max_uniform_quantize
         ),

@@ -106,8 +106,9 @@ class Target:
         return PORTABLE_REWRITES if recipe.name in self.portable_recipes else self.rewrites
 
     def calibration(self, recipe: Recipe) -> str | None:
-        """:data:`GRAPH`, :data:`IMAGES`, or None for a recipe calibrated on no images."""
-        return GRAPH if recipe.needs_calibration else None
+        """:data:`GRAPH`, :data:`IMAGES`, or None for a recipe the converter builds from the
+        float model alone (a dynamic-activation recipe is a GRAPH, images or not)."""
+        return GRAPH if recipe.needs_calibration or recipe.dynamic_activations else None
 
     def quantized_contract(self, contract: InputContract) -> InputContract:
         """The input of the PT2E graph ``export`` takes for ``contract`` (default: the same)."""

@@ -37,6 +37,7 @@ from edge_convnext.errors import (
     ArtifactError,
     EdgeConvnextError,
     NotFoundError,
+    UnsupportedError,
     UsageError,
 )
 
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from ..contracts import InputContract
     from ..models import LoadedModel
     from ..preprocess import ExternalInput
+    from ..quantize.dynamic import DynamicScheme
     from ..quantize.ptq import PT2EScheme
     from ..quantize.recipes import Recipe
 
@@ -88,11 +90,12 @@ def export(
 
     Args:
         model: the :class:`edge_convnext.models.LoadedModel` to lower.
-        recipe: the :class:`edge_convnext.quantize.recipes.Recipe`: ``fp32``, or an int8 recipe
-            whose PT2E graph ``quantization.graph`` brings.
+        recipe: the :class:`edge_convnext.quantize.recipes.Recipe`: ``fp32``, or a quantized
+            recipe whose graph ``quantization.graph`` brings (PT2E int8, or ``w4a8``'s torchao
+            dynamic-activation layers).
         out_dir: directory for ``<model>.<recipe>.<contract>.pte`` and its ``.json`` sidecar.
         contract: the input contract (``contracts.APP``: uint8 NHWC; ``FLOAT_NCHW``).
-        quantization: for int8 recipes, the PT2E-converted graph (from ``quantize.ptq``/``qat``)
+        quantization: for quantized recipes, the quantized graph (from ``quantize.ptq``/``qat``)
             taking ``contract``'s input; it is lowered instead of the float model.
         progress: unused (the lowering shows no progress).
 
@@ -128,10 +131,22 @@ def export(
 
 def quantization_scheme(
     recipe: Recipe, qat: bool = False, keep_float: tuple[str, ...] | list[str] = ()
-) -> PT2EScheme:
+) -> PT2EScheme | DynamicScheme:
     """XNNPACK's PT2E quantizer for ``recipe``: per-channel symmetric int8 weights, per-tensor
     int8 activations (the configuration XNNPACK's int8 kernels take) observed with the recipe's
-    ``observer``, on the recipe's ``layers`` minus ``keep_float``."""
+    ``observer``, on the recipe's ``layers`` minus ``keep_float``.
+
+    A recipe with dynamic activations (``w4a8``) gets a ``quantize.dynamic.DynamicScheme``
+    instead: torchao's int4 group-wise / int8 per-channel weights with per-token int8
+    activations, which the partitioner lowers to XNNPACK's ``qd8`` GEMMs; ``keep_float`` layers
+    get the recipe's ``fallback_weights``.
+    """
+    if recipe.dynamic_activations:
+        from edge_convnext.quantize.dynamic import DynamicScheme as Dynamic  # runtime import
+
+        if qat:
+            raise UnsupportedError(f"recipe {recipe.name!r}: no QAT for dynamic activations yet")
+        return Dynamic(recipe, tuple(keep_float))
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -433,8 +448,10 @@ def describe(path: Path) -> dict:
 
     Returns:
         ``delegates`` (delegate blobs per backend), ``delegated_ops`` (XNNPACK graph nodes by type,
-        summed over blobs), ``not_delegated_ops`` (calls left to ExecuTorch's CPU kernels, by
-        operator), per-method counts, and ``export_delegation`` from the manifest if present.
+        summed over blobs), ``delegated_tensor_types`` (XNNPACK datatypes of weights and
+        activations: what numerics the delegate runs), ``not_delegated_ops`` (calls left to
+        ExecuTorch's CPU kernels, by operator), per-method counts, and ``export_delegation``
+        from the manifest if present.
 
     Raises:
         NotFoundError: the file is missing. ArtifactError: not an ExecuTorch program.
@@ -452,6 +469,7 @@ def describe(path: Path) -> dict:
         (delegate.id, program.backend_delegate_data[delegate.processed.index].data)
         for delegate in _delegates(program)
     ]
+    graphs = _xnnpack_graphs(blobs)
     summary = {
         "target": NAME,
         "file": path.name,
@@ -460,7 +478,8 @@ def describe(path: Path) -> dict:
         "delegates": dict(Counter(delegate.id for delegate in _delegates(program))),
         "delegate_calls": sum(m["delegate_calls"] for m in methods.values()),
         "not_delegated_ops": dict(kernel_ops.most_common()),
-        "delegated_ops": _xnnpack_node_counts(blobs),
+        "delegated_ops": _xnnpack_node_counts(graphs),
+        "delegated_tensor_types": _xnnpack_value_types(graphs),
     }
     with contextlib.suppress(EdgeConvnextError):  # no sidecar: the file alone is described
         summary["export_delegation"] = manifests.read(path).details.get("delegation")
@@ -500,8 +519,9 @@ def _describe_plan(plan) -> dict:
     }
 
 
-def _xnnpack_node_counts(blobs: list[tuple[str, bytes]]) -> dict | None:
-    """XNNPACK graph nodes by type over all XNNPACK blobs, or None if they cannot be decoded.
+def _xnnpack_graphs(blobs: list[tuple[str, bytes]]) -> list[dict] | None:
+    """The XNNPACK graphs (decoded flatbuffers as JSON objects) of the XNNPACK blobs, or None if
+    they cannot be decoded.
 
     Decodes each blob's flatbuffer with the ``flatc`` and schema ExecuTorch ships (private API,
     hence best-effort).
@@ -516,7 +536,7 @@ def _xnnpack_node_counts(blobs: list[tuple[str, bytes]]) -> dict | None:
     except ImportError:
         return None
     schema = Path(next(iter(xnn_serialization.__path__))) / "schema.fbs"
-    counts: Counter = Counter()
+    graphs = []
     try:
         with tempfile.TemporaryDirectory() as scratch:
             for index, (backend, blob) in enumerate(blobs):
@@ -527,11 +547,34 @@ def _xnnpack_node_counts(blobs: list[tuple[str, bytes]]) -> dict | None:
                 graph = Path(scratch) / f"graph{index}.bin"
                 graph.write_bytes(blob[start : start + header.flatbuffer_size])
                 _flatc_decompile(scratch, str(schema), str(graph), ["--raw-binary"])
-                nodes = json.loads(graph.with_suffix(".json").read_text())["xnodes"]
-                counts.update(node["xnode_union_type"] for node in nodes)
+                graphs.append(json.loads(graph.with_suffix(".json").read_text()))
     except Exception:  # noqa: BLE001 - a private format: describe the rest of the file regardless
         return None
+    return graphs
+
+
+def _xnnpack_node_counts(graphs: list[dict] | None) -> dict | None:
+    """XNNPACK graph nodes by type over all XNNPACK graphs."""
+    if graphs is None:
+        return None
+    counts = Counter(node["xnode_union_type"] for graph in graphs for node in graph["xnodes"])
     return dict(counts.most_common())
+
+
+def _xnnpack_value_types(graphs: list[dict] | None) -> dict | None:
+    """XNNPACK tensor datatypes over all XNNPACK graphs: ``weights`` (constant tensors, e.g.
+    ``xnn_datatype_qbint4``: int4 in groups) and ``activations`` (the rest, e.g.
+    ``xnn_datatype_qdint8``: int8 quantized per row at run time)."""
+    if graphs is None:
+        return None
+    kinds: dict[str, Counter] = {"weights": Counter(), "activations": Counter()}
+    for graph in graphs:
+        for value in graph["xvalues"]:
+            tensor = value["xvalue_union"]
+            tensor = tensor.get("tensor_value", tensor)  # quantized values wrap a tensor value
+            constant = tensor.get("constant_buffer_idx", 0) != 0
+            kinds["weights" if constant else "activations"][tensor.get("datatype", "?")] += 1
+    return {kind: dict(counts.most_common()) for kind, counts in kinds.items()}
 
 
 # --------------------------------------------------------------------------- the interface
@@ -541,7 +584,7 @@ class ExecuTorch(Target):
     name = NAME
     suffixes = (SUFFIX,)
     bundle_dir = "executorch"  # its folder in a `build` dist/
-    recipes = ("fp32", "w8a8", "w8a8-qat")
+    recipes = ("fp32", "w8a8", "w8a8-qat", "w4a8")
     rewrites = XNNPACK_REWRITES
     toolchain = "executorch"
     tool_packages = ("executorch", "torchao")

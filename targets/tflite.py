@@ -15,9 +15,13 @@ informational).
 
 Recipes: ``fp32``; ``w8a8``/``w8a8-qat`` from a PT2E graph quantized with litert-torch's quantizer
 (the recipe's ``layers`` int8, the rest float in the same XNNPACK partition); ``int8-full``
-quantizes the converted fp32 flatbuffer with ai-edge-quantizer instead (``tflite_integer``: every
-op int8, integer I/O, for NPU / Edge-TPU-style delegates), calibrated here on the images the
-pipeline passes.
+and ``w8a16`` quantize the converted fp32 flatbuffer with ai-edge-quantizer instead
+(``tflite_integer``: every op int8, integer I/O, for NPU / Edge-TPU-style delegates; or int16
+activations with int8 weights, LiteRT's int16x8 kernels, which XNNPACK does not take: they run
+on the builtin CPU kernels), calibrated here on the images the pipeline passes. ``w4a8`` converts
+``quantize.dynamic``'s linears (weights already on the int4/int8 grids) and ai-edge-quantizer's
+dynamic-range pass makes them int4 blockwise / int8 channelwise FULLY_CONNECTED ops, which
+XNNPACK runs with int8 activations quantized at run time, in one partition.
 
 Device side (:func:`load`, :func:`describe`) needs only ``ai-edge-litert`` (or
 ``tflite-runtime``) and numpy: the runner builds one ``Interpreter`` (XNNPACK applied by
@@ -31,6 +35,7 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +62,7 @@ if TYPE_CHECKING:  # models imports torch; this module must import without it
     from edge_convnext.models import LoadedModel
     from edge_convnext.preprocess import ExternalInput
     from edge_convnext.quantize.calibration import Calibration
+    from edge_convnext.quantize.dynamic import DynamicScheme
     from edge_convnext.quantize.ptq import PT2EScheme
     from edge_convnext.quantize.recipes import Recipe
 
@@ -69,7 +75,9 @@ DELEGATE = "XNNPACK"  # what ai-edge-litert's Interpreter applies by default on 
 # Recipes export() calibrates itself, on the converted flatbuffer (ai-edge-quantizer), instead of
 # taking a PT2E graph (Target.calibration: IMAGES); they also keep the portable graph, whose
 # LayerNorm ops NPU delegates know.
-CALIBRATES_ITSELF = frozenset({"int8-full"})
+CALIBRATES_ITSELF = frozenset(integer.QUANTIZER_RECIPES)  # int8-full, w8a16
+# Recipes whose files must be integer from input to output, integer output included (NPUs).
+INTEGER_ONLY = frozenset({"int8-full"})
 
 __all__ = ["NAME", "SUFFIX", "NOTE", "export", "load", "describe", "read_metadata", "TFLiteRunner"]
 
@@ -134,7 +142,11 @@ def export(
         if quantized is not None or postprocess is not None:
             raise ValueError(f"recipe {recipe.name!r} brings its own quantization pass")
         postprocess, record = _full_integer(model, recipe, contract, quantization.images, progress)
-    if quantized is not None:
+    if quantized is not None and recipe.dynamic_activations:
+        if postprocess is not None:
+            raise ValueError(f"recipe {recipe.name!r} brings its own quantization pass")
+        lowered, postprocess, record = _dynamic_range(quantized)
+    elif quantized is not None:
         from litert_torch.quantize.quant_config import QuantConfig
 
         lowered = quantized.graph
@@ -150,13 +162,13 @@ def export(
     dequantized: dict = {}
 
     def edit(model_t) -> None:
-        if recipe.name not in CALIBRATES_ITSELF:  # int8-full keeps its integer output
+        if recipe.name not in INTEGER_ONLY:  # int8-full keeps its integer output
             dequantized.update(integer.float_output(model_t) or {})
         slimmed.update(slim(model_t))
 
     artifact = metadata.embed(flatbuffer, metadata.build_metadata(info), labels, edit=edit)
     float_ops = None if recipe.is_float else integer.float_ops_between_io(artifact)
-    if recipe.name in CALIBRATES_ITSELF and float_ops:
+    if recipe.name in INTEGER_ONLY and float_ops:
         raise ArtifactError(
             f"{model.name} ({contract.name}): recipe {recipe.name!r} left float ops between "
             f"input and output: {', '.join(float_ops[:10])}"
@@ -167,13 +179,14 @@ def export(
         "postprocess": getattr(postprocess, "__name__", repr(postprocess)) if postprocess else None,
         "ops": op_counts(artifact),
         "slimmed": slimmed,
-        # The int8 logits litert-torch left as the output, now DEQUANTIZEd to float32 (w8a8).
+        # The integer logits left as the output, now DEQUANTIZEd to float32 (w8a8, w8a16).
         "dequantized_output": dequantized or None,
         # Counted per op type: a w8a8 graph keeps hundreds of float ops between q/dq pairs.
         "float_ops_between_io": None
         if float_ops is None
         else dict(Counter(op.split(":", 1)[1] for op in float_ops)),
         "delegation": delegation(_interpreter(model_content=artifact)),
+        "placement": placement(artifact, _interpreter(model_content=artifact)),
         "tflite_metadata": {
             "task_library_image_classifier": contract.layout == "NHWC",
             "normalization": {"mean": list(info.mean), "std": list(info.std)},
@@ -199,12 +212,12 @@ def _full_integer(
     calibration: Calibration | None,
     progress: bool = False,
 ):
-    """The ai-edge-quantizer pass for ``int8-full`` on ``calibration``'s crops, and the record it
-    fills in when it runs."""
+    """The ai-edge-quantizer pass for ``int8-full``/``w8a16`` on ``calibration``'s crops, and
+    the record it fills in when it runs."""
     if calibration is None:
         raise UsageError(
-            "recipe 'int8-full' is calibrated on the converted model: pass calibration images "
-            "(pipeline.build does, from --calib DIR)"
+            f"recipe {recipe.name!r} is calibrated on the converted model: pass calibration "
+            "images (pipeline.build does, from --calib DIR)"
         )
     if recipe.observer != integer.OBSERVER:
         raise UnsupportedError(
@@ -214,22 +227,52 @@ def _full_integer(
     samples = list(contract.inputs(calibration.crops, model.preprocessing)[:, None])
     facts: dict = {}  # filled in when the pass runs
 
-    def ai_edge_quantizer_static_wi8_ai8(flatbuffer: bytes) -> bytes:
-        quantized, details = integer.quantize(flatbuffer, samples, contract, progress=progress)
+    def ai_edge_quantizer_static(flatbuffer: bytes) -> bytes:
+        quantized, details = integer.quantize(
+            flatbuffer, samples, contract, progress=progress, recipe_name=recipe.name
+        )
         facts.update(details)
         return quantized
 
-    return ai_edge_quantizer_static_wi8_ai8, QuantizationRecord(
-        "ptq", calibration.record(), facts=facts
-    )
+    quantizer_recipe = integer.QUANTIZER_RECIPES[recipe.name]
+    ai_edge_quantizer_static.__name__ = f"ai_edge_quantizer_{quantizer_recipe}"
+    return ai_edge_quantizer_static, QuantizationRecord("ptq", calibration.record(), facts=facts)
+
+
+def _dynamic_range(quantized):
+    """``w4a8``: the float linears of ``quantize.dynamic`` to convert, the ai-edge-quantizer
+    dynamic-range pass that makes them int4/int8, and the record it completes when it runs."""
+    from edge_convnext.quantize import dynamic
+
+    module = dynamic.dequantized(quantized.graph)
+    expected = {kind: len(paths) for kind, paths in dynamic.wrapped_layers(module).items()}
+    facts: dict = {}
+
+    def ai_edge_quantizer_dynamic_range(flatbuffer: bytes) -> bytes:
+        result, details = integer.dynamic_range(flatbuffer, expected)
+        facts.update(details)
+        return result
+
+    # The pipeline's record (images, rounding, kept layers) with this quantizer's facts.
+    return module, ai_edge_quantizer_dynamic_range, replace(quantized.record, facts=facts)
 
 
 def quantization_scheme(
     recipe: Recipe, qat: bool = False, keep_float: tuple[str, ...] | list[str] = ()
-) -> PT2EScheme:
+) -> PT2EScheme | DynamicScheme:
     """litert-torch's PT2E quantizer for ``recipe``: per-channel symmetric int8 weights,
     per-tensor int8 activations observed with the recipe's ``observer``; quantize ops stay
-    unfolded for the converter to read."""
+    unfolded for the converter to read.
+
+    A recipe with dynamic activations (``w4a8``) gets a ``quantize.dynamic.DynamicScheme``;
+    :func:`export` converts its float linears and quantizes them with ai-edge-quantizer.
+    """
+    if recipe.dynamic_activations:
+        from edge_convnext.quantize.dynamic import DynamicScheme as Dynamic  # runtime import
+
+        if qat:
+            raise UnsupportedError(f"recipe {recipe.name!r}: no QAT for dynamic activations yet")
+        return Dynamic(recipe, tuple(keep_float))
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
         get_symmetric_quantization_config,
@@ -611,6 +654,21 @@ def delegation(interpreter) -> dict:
     """
     if not hasattr(interpreter, "_get_ops_details"):  # private API; older runtimes lack it
         return {"delegate": DELEGATE, "available": False}
+    kernels, ops, taken = _delegated_nodes(interpreter)
+    delegated = Counter(n["op_name"] for n in ops if n["index"] in taken)
+    fallback = Counter(n["op_name"] for n in ops if n["index"] not in taken)
+    return {
+        "delegate": DELEGATE,
+        "delegate_kernels": len(kernels),
+        "ops": len(ops),
+        "delegated_ops": sum(delegated.values()),
+        "delegated": dict(delegated.most_common()),
+        "cpu_fallback": dict(fallback.most_common()),
+    }
+
+
+def _delegated_nodes(interpreter) -> tuple[list, list, set[int]]:
+    """``(delegate kernel nodes, op nodes, indices of the ops a delegate took)``."""
     nodes = interpreter._get_ops_details()
     kernels = [n for n in nodes if n["op_name"] == "DELEGATE"]
     ops = [n for n in nodes if n["op_name"] != "DELEGATE"]
@@ -627,15 +685,46 @@ def delegation(interpreter) -> dict:
             node = producer[tensor]
             taken.add(node["index"])
             pending.extend(int(t) for t in node["inputs"])
-    delegated = Counter(n["op_name"] for n in ops if n["index"] in taken)
-    fallback = Counter(n["op_name"] for n in ops if n["index"] not in taken)
+    return kernels, ops, taken
+
+
+BUILTIN = "builtin CPU kernels"
+
+
+def placement(model: bytes, interpreter) -> dict:
+    """What runs where, with which numerics: ``{"XNNPACK" | "builtin CPU kernels": {numerics:
+    {op: count}}}``.
+
+    ``numerics`` is the op's output type, with its constant weights' type when that differs:
+    ``int16 activations, int8 weights`` are LiteRT's int16x8 kernels (``w8a16``), ``float32
+    activations, int4 weights`` a dynamic-range op whose kernel quantizes its input at run time
+    (``w4a8``). Types come from the flatbuffer (the interpreter reports int4 as int8).
+    """
+    if not hasattr(interpreter, "_get_ops_details"):
+        return {"available": False}
+    schema = _schema()
+    root = schema.Model.GetRootAs(model, 0)
+    graph = root.Subgraphs(0)
+    names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    floats = {"float32", "float16"}
+    _, ops, taken = _delegated_nodes(interpreter)
+    where: dict[str, dict[str, Counter]] = {}
+    for node in ops:
+        op = graph.Operators(node["index"])
+        output = names[graph.Tensors(op.Outputs(0)).Type()] if op.OutputsLength() else "none"
+        numerics = f"{output} activations"
+        if op.InputsLength() > 1 and op.Inputs(1) >= 0:
+            weight = graph.Tensors(op.Inputs(1))
+            weight_type = names[weight.Type()]
+            buffer = root.Buffers(weight.Buffer())
+            constant = weight.Buffer() > 0 and (buffer.DataLength() > 0 or buffer.Size() > 0)
+            if constant and weight_type not in floats | {output, "int32"}:
+                numerics += f", {weight_type} weights"
+        runtime = DELEGATE if node["index"] in taken else BUILTIN
+        where.setdefault(runtime, {}).setdefault(numerics, Counter())[node["op_name"]] += 1
     return {
-        "delegate": DELEGATE,
-        "delegate_kernels": len(kernels),
-        "ops": len(ops),
-        "delegated_ops": sum(delegated.values()),
-        "delegated": dict(delegated.most_common()),
-        "cpu_fallback": dict(fallback.most_common()),
+        runtime: {kind: dict(ops.most_common()) for kind, ops in sorted(kinds.items())}
+        for runtime, kinds in where.items()
     }
 
 
@@ -683,6 +772,7 @@ def describe(path: Path) -> dict:
         "inputs": [_tensor_facts(d) for d in interpreter.get_input_details()],
         "outputs": [_tensor_facts(d) for d in interpreter.get_output_details()],
         "delegation": delegation(interpreter),
+        "placement": placement(model, interpreter),
         "metadata": summary or None,
     }
 
@@ -694,7 +784,7 @@ class TFLite(Target):
     name = NAME
     suffixes = (SUFFIX,)
     bundle_dir = "android"  # its folder in a `build` dist/
-    recipes = ("fp32", "w8a8", "w8a8-qat", "int8-full")
+    recipes = ("fp32", "w8a8", "w8a8-qat", "int8-full", "w4a8", "w8a16")
     rewrites = XNNPACK_REWRITES
     portable_recipes = CALIBRATES_ITSELF
     toolchain = "litert_torch"

@@ -1,9 +1,18 @@
-"""Full-integer TFLite: ai-edge-quantizer's ``static_wi8_ai8`` on the converted fp32 flatbuffer.
+"""Integer TFLite passes of ai-edge-quantizer on the converted fp32 flatbuffer.
 
-Anchor: ai-edge-quantizer's ``Quantizer`` (``ai_edge_quantizer/quantizer.py``) with the recipe
-``recipe.static_wi8_ai8()``: calibrate ``{signature: [inputs]}`` on the fp32 interpreter, then
-``quantize(qsvs)``. We calibrate with its ``Calibrator`` and ``qsv_utils.min_max_update`` (what
-``Quantizer.calibrate`` does, but with a running min/max instead of a moving average).
+Static (:func:`quantize`): ``static_wi8_ai8`` (``int8-full``) or ``static_wi8_ai16``
+(``w8a16``: int16 activations, int8 weights; LiteRT's int16x8 kernels), per
+:data:`QUANTIZER_RECIPES`. Anchor: ai-edge-quantizer's ``Quantizer``
+(``ai_edge_quantizer/quantizer.py``) with that recipe: calibrate ``{signature: [inputs]}`` on
+the fp32 interpreter, then ``quantize(qsvs)``. We calibrate with its ``Calibrator`` and
+``qsv_utils.min_max_update`` (what ``Quantizer.calibrate`` does, but with a running min/max
+instead of a moving average). ``static_wi8_ai16`` has no int16 rule for SQUARED_DIFFERENCE (nor
+has LiteRT an int16 kernel for it), so LayerNorm's variance stays float between a DEQUANTIZE and a
+QUANTIZE in ``w8a16``; :func:`float_ops_between_io` lists it.
+
+Dynamic range (:func:`dynamic_range`, ``w4a8``): int4 blockwise (32) or int8 channelwise
+weights on the FULLY_CONNECTED ops whose weight tensors litert-torch named after
+``quantize.dynamic.Int4Linear``/``Int8Linear``, activations quantized by the kernels at run time.
 
 Unlike litert-torch's PT2E quantizer (convolutions and linears only), this static recipe also
 covers LayerNorm's MEAN / SQUARED_DIFFERENCE / RSQRT, GELU and the GRN's SUM / SQRT / DIV, so
@@ -26,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -36,13 +46,17 @@ from edge_convnext.errors import ArtifactError, UsageError
 if TYPE_CHECKING:
     from edge_convnext.contracts import InputContract
 
-QUANTIZER_RECIPE = "static_wi8_ai8"
+QUANTIZER_RECIPES = {"int8-full": "static_wi8_ai8", "w8a16": "static_wi8_ai16"}
+QUANTIZER_RECIPE = QUANTIZER_RECIPES["int8-full"]
 OBSERVER = "minmax"  # the only calibration ai-edge-quantizer's static recipes run (a recipe's)
+# quantize.dynamic's wrapper classes, as litert-torch names weight tensors ("<class>_<attribute>").
+DYNAMIC_LAYERS = {"int4": re.compile(r"\bInt4Linear_"), "int8": re.compile(r"\bInt8Linear_")}
 TOOLCHAIN_HINT = "pip install 'edge-convnext[tflite]' (ai-edge-quantizer)"
 APP_INPUT_RANGE = (0.0, 255.0)  # uint8 pixels: int8 scale 1, zero point -128, lossless
 
 __all__ = [
     "quantize",
+    "dynamic_range",
     "integer_io",
     "float_output",
     "float_ops_between_io",
@@ -58,8 +72,9 @@ def quantize(
     threads: int | None = None,
     *,
     progress: bool = False,
+    recipe_name: str = "int8-full",
 ) -> tuple[bytes, dict]:
-    """Calibrate and quantize an fp32 ``.tflite`` to full int8, with integer input and output.
+    """Calibrate and quantize an fp32 ``.tflite`` statically, with integer input and output.
 
     Args:
         flatbuffer: the fp32 model from litert-torch (one signature, one input, one output).
@@ -68,6 +83,7 @@ def quantize(
         threads: interpreter threads for calibration (default: the CPU count).
         progress: show ai-edge-quantizer's progress bars (calibration, transformations); off,
             none is printed.
+        recipe_name: ``int8-full`` or ``w8a16`` (:data:`QUANTIZER_RECIPES`).
 
     Returns:
         The quantized flatbuffer and facts for the manifest (quantizer recipe, I/O types).
@@ -78,10 +94,13 @@ def quantize(
     try:
         from ai_edge_quantizer import quantizer, recipe
     except ImportError:
-        raise ArtifactError(f"recipe int8-full needs ai-edge-quantizer; {TOOLCHAIN_HINT}") from None
+        raise ArtifactError(
+            f"recipe {recipe_name} needs ai-edge-quantizer; {TOOLCHAIN_HINT}"
+        ) from None
     if not samples:
-        raise UsageError("recipe int8-full needs at least one calibration image")
-    config = getattr(recipe, QUANTIZER_RECIPE)()
+        raise UsageError(f"recipe {recipe_name} needs at least one calibration image")
+    quantizer_recipe = QUANTIZER_RECIPES[recipe_name]
+    config = getattr(recipe, quantizer_recipe)()
     with _progress_bars(progress):
         qsvs = _calibrate(flatbuffer, samples, config, threads or os.cpu_count() or 1)
         _pin_uint8_input(flatbuffer, qsvs)
@@ -92,12 +111,69 @@ def quantize(
     model = integer_io(bytes(result.quantized_model), contract)
     details = {
         "quantizer": "ai-edge-quantizer",
-        "quantizer_recipe": QUANTIZER_RECIPE,
+        "quantizer_recipe": quantizer_recipe,
         "observer": f"{OBSERVER} (running min/max over all calibration images)",
         "calibration_images": len(samples),
         "io": io_types(model),
     }
     return model, details
+
+
+def dynamic_range(flatbuffer: bytes, expected: dict[str, int]) -> tuple[bytes, dict]:
+    """ai-edge-quantizer's dynamic-range pass on the ``quantize.dynamic`` layers of a converted
+    fp32 flatbuffer: int4 blockwise-32 weights (fp16 scales) on Int4Linear FULLY_CONNECTEDs,
+    int8 channelwise on Int8Linear ones; every other op stays float.
+
+    The weights arrive on ``quantize.gptq``'s grids, each group's peak on ``±qmax * scale``, so
+    the quantizer's ``max|w| / qmax`` scales (bf16-rounded, stored fp16) are the grid's own and
+    nothing is rounded again.
+
+    Args:
+        flatbuffer: the fp32 model.
+        expected: how many layers of each kind (``{"int4": n, "int8": m}``) the module had.
+
+    Raises:
+        ArtifactError: ai-edge-quantizer is not installed, or the ops found by weight name are
+            not the ``expected`` counts (a converter that names tensors otherwise).
+    """
+    try:
+        from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+    except ImportError:
+        raise ArtifactError(f"recipe w4a8 needs ai-edge-quantizer; {TOOLCHAIN_HINT}") from None
+    schema = _schema()
+    root = _read(flatbuffer)
+    graph = root.subgraphs[0]
+    granularity = {
+        "int4": (4, qtyping.QuantGranularity.BLOCKWISE_32),
+        "int8": (8, qtyping.QuantGranularity.CHANNELWISE),
+    }
+    manager = recipe_manager.RecipeManager()
+    found = dict.fromkeys(DYNAMIC_LAYERS, 0)
+    for op in graph.operators:
+        if _op_name(root, op, schema) != "FULLY_CONNECTED":
+            continue
+        weight_name = _name(graph.tensors[op.inputs[1]])
+        for weights, pattern in DYNAMIC_LAYERS.items():
+            if pattern.search(weight_name):
+                bits, blocks = granularity[weights]
+                scope = "^" + re.escape(_name(graph.tensors[op.outputs[0]])) + ";"
+                manager.add_dynamic_config(
+                    scope, qtyping.TFLOperationName.FULLY_CONNECTED, bits, blocks
+                )
+                found[weights] += 1
+    if found != {weights: expected.get(weights, 0) for weights in DYNAMIC_LAYERS}:
+        raise ArtifactError(
+            f"found {found} int4/int8 FULLY_CONNECTED ops by weight name, expected {expected}: "
+            "litert-torch no longer names weight tensors after their modules"
+        )
+    result = quantizer.Quantizer(flatbuffer, manager.get_quantization_recipe()).quantize()
+    details = {
+        "quantizer": "ai-edge-quantizer",
+        "quantizer_recipe": "dynamic range: int4 BLOCKWISE_32 / int8 CHANNELWISE weights on "
+        "FULLY_CONNECTED, activations quantized at run time",
+        "layers": found,
+    }
+    return bytes(result.quantized_model), details
 
 
 def _calibrate(flatbuffer: bytes, samples: Sequence[np.ndarray], config, threads: int) -> dict:
@@ -254,38 +330,44 @@ def _uint8_output(root, schema) -> bool:
 
 
 def float_output(root) -> dict | None:
-    """Append ``int8 -> DEQUANTIZE -> float32`` to an int8 graph output, in place on a ``ModelT``.
+    """Append ``int8/int16 -> DEQUANTIZE -> float32`` to an integer graph output, in place on a
+    ``ModelT``.
 
     For litert-torch's w8a8 graphs: its converter folds the classifier's trailing dequantize
     into an int8 output, which Task Library does not read (uint8 or float32 only) and apps of a
-    float or uint8 input do not expect. Under XNNPACK, which runs the DEQUANTIZE in the same
-    partition, the float logits are exactly ``(q - zero_point) * scale`` in float32, what a
-    runner computed from the int8 tensor (TFLite's builtin kernel rounds twice: up to 1 ulp).
-    The int8 tensor keeps its quantization and is renamed ``<name>_int8``; the float output
-    takes its name and its place in the signature.
+    float or uint8 input do not expect; ``w8a16``'s int16 logits likewise. Under XNNPACK,
+    which runs the DEQUANTIZE in the same partition, the float logits are exactly
+    ``(q - zero_point) * scale`` in float32, what a runner computed from the integer tensor
+    (TFLite's builtin kernel rounds twice: up to 1 ulp). The integer tensor keeps its
+    quantization and is renamed ``<name>_int8`` (``_int16``); the float output takes its name
+    and its place in the signature.
 
     Returns:
-        ``{"dtype": "int8", "scale", "zero_point"}`` of the tensor dequantized, for the
-        manifest; None (nothing changed) if the output is not int8 quantized per tensor.
+        ``{"dtype": "int8"/"int16", "scale", "zero_point"}`` of the tensor dequantized, for the
+        manifest; None (nothing changed) if the output is not integer quantized per tensor.
     """
     schema = _schema()
-    found = _int8_output(root, schema)
+    dtype = {schema.TensorType.INT8: "int8", schema.TensorType.INT16: "int16"}
+    found = _int8_output(root, schema, tuple(dtype))
     if found is None:
         return None
+    source_type = root.subgraphs[0].tensors[root.subgraphs[0].outputs[0]].type
     _append_output_op(
         root, schema, schema.BuiltinOperator.DEQUANTIZE, schema.TensorType.FLOAT32, None
     )
     scale, zero = found
-    return {"dtype": "int8", "scale": scale, "zero_point": zero}
+    return {"dtype": dtype[source_type], "scale": scale, "zero_point": zero}
 
 
-def _int8_output(root, schema) -> tuple[float, int] | None:
-    """``(scale, zero_point)`` of the main graph's output if it is int8 quantized per tensor."""
+def _int8_output(root, schema, types: tuple[int, ...] | None = None) -> tuple[float, int] | None:
+    """``(scale, zero_point)`` of the main graph's output if it is int8 (or one of ``types``)
+    quantized per tensor."""
     graph = root.subgraphs[0]
     (index,) = graph.outputs
     tensor = graph.tensors[index]
     quant = tensor.quantization
-    if tensor.type != schema.TensorType.INT8 or quant is None or quant.scale is None:
+    types = types or (schema.TensorType.INT8,)
+    if tensor.type not in types or quant is None or quant.scale is None:
         return None
     if len(quant.scale) != 1:
         return None
@@ -308,7 +390,7 @@ def _append_output_op(root, schema, builtin: int, dtype: int, quantization, opti
     if data is not None and len(data):  # a constant output: give the new tensor its own buffer
         output.buffer = len(root.buffers)
         root.buffers.append(schema.BufferT())
-    tensor.name = _name(tensor).encode() + b"_int8"
+    tensor.name = _name(tensor).encode() + b"_" + _TYPE_SUFFIX.get(tensor.type, b"int")
     graph.tensors.append(output)
     new_index = len(graph.tensors) - 1
     op = schema.OperatorT()
@@ -322,6 +404,9 @@ def _append_output_op(root, schema, builtin: int, dtype: int, quantization, opti
         for entry in signature.outputs:
             if entry.tensorIndex == index:
                 entry.tensorIndex = new_index
+
+
+_TYPE_SUFFIX = {9: b"int8", 7: b"int16"}  # schema.TensorType.INT8, INT16
 
 
 def _per_tensor(schema, scale: float, zero_point: int):

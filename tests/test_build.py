@@ -201,12 +201,12 @@ def test_real_targets_share_calibration_and_lay_out_for_apps(
     from edge_convnext.quantize import calibration, gptq
 
     decodes, roundings = [], []
-    real_load, real_round = calibration.load, gptq.round_weights
+    real_load, real_round = calibration.load, gptq.input_hessians  # GPTQ's float pass
     monkeypatch.setattr(
         calibration, "load", lambda *a, **k: decodes.append(1) or real_load(*a, **k)
     )
     monkeypatch.setattr(
-        gptq, "round_weights", lambda *a, **k: roundings.append(1) or real_round(*a, **k)
+        gptq, "input_hessians", lambda *a, **k: roundings.append(1) or real_round(*a, **k)
     )
     out = tmp_path / "dist"
     extra = ["--targets", "tflite,executorch", "--recipes", "w8a8", "--calib", str(calib_dir)]

@@ -364,8 +364,9 @@ def test_sensitivity_ranks_every_layer_and_keep_float_is_recorded(
         calibration=pipeline.Calibration(calib_dir, 4, keep_float=2),
     )
     details = json.loads(manifest.manifest_path(artifact).read_text())["quantization"]
-    assert len(details["float_layers"]) == 2 and len(details["sensitivity"]) == len(ranking)
-    assert details["float_layers"] == [r["name"] for r in details["sensitivity"][:2]]
+    assert len(details["kept_layers"]) == 2 and len(details["sensitivity"]) == len(ranking)
+    assert details["kept_layers"] == [r["name"] for r in details["sensitivity"][:2]]
+    assert details["kept_weights"] == "fp32"  # w8a8 keeps them float
     assert np.isfinite(open_runner(str(artifact))(_crops()[:1])).all()
 
 

@@ -3,8 +3,10 @@
 For every registered target that quantizes a PT2E graph, the ``w8a8`` recipe is calibrated once
 as shipped and once with one field changed; the converted graphs' quantization parameters
 (scales, zero points, integer weights) must differ, and calibrating twice the same way must
-give the same parameters (so the comparison can fail). Fields with no parameters to compare
-(``name``, ``description``; ``method`` picks the pipeline's path) are covered elsewhere.
+give the same parameters (so the comparison can fail). ``w4a8`` likewise on the targets that take
+it, comparing its torchao integer weights and scales. Fields with no parameters to compare
+(``name``, ``description``; ``method`` picks the pipeline's path; ``fallback_weights``, which
+``tests/test_target_snr.py`` sees in the kept layers) are covered elsewhere.
 """
 
 from __future__ import annotations
@@ -125,3 +127,69 @@ def test_recipes_refuse_fields_that_would_do_nothing():
         dataclasses.replace(recipes.get("fp32"), calibration_size=8)
     with pytest.raises(ValueError, match="observer"):
         dataclasses.replace(recipes.get("w8a8"), observer="percentile")
+
+
+# --- recipes with dynamic activations (w4a8): torchao weights, no PT2E graph ---------------------
+
+W4A8 = dataclasses.replace(recipes.get("w4a8"), calibration_size=4)
+W4A8_CHANGES = {
+    "calibration_size": {"calibration_size": 2},  # GPTQ's Hessians
+    "layers": {"layers": ("pwconv1", "downsampling_layer.1")},
+    "weight_rounding": {"weight_rounding": "nearest", "calibration_size": 0},
+    "fallback_layers": {"fallback_layers": ("downsampling_layer.1", "classifier")},
+    "smoothquant_alpha": {"smoothquant_alpha": 0.5},
+    "weights": {"weights": "int8"},
+}
+W4A8_TARGETS = [name for name in GRAPH_TARGETS if "w4a8" in targets.get(name).recipes]
+
+
+def _dynamic_parameters(module: torch.nn.Module) -> list:
+    """Kind, integer weights and scales of every dynamic-activation layer, in module order."""
+    from edge_convnext.quantize.dynamic import ConvAsLinear
+
+    found = []
+    for name, layer in module.named_modules():
+        if isinstance(layer, ConvAsLinear):
+            weight = layer.linear.weight
+            digest = hashlib.sha256(weight.qdata.numpy().tobytes() + weight.scale.numpy().tobytes())
+            found.append((name, type(layer).__name__, digest.hexdigest()))
+    return found
+
+
+@pytest.fixture(scope="module")
+def calibrate_dynamic(tiny_checkpoints, calib_dir):
+    def run(target: str, recipe: recipes.Recipe) -> list:
+        runtime = targets.get(target)
+        loaded = pipeline.prepare_model(
+            str(tiny_checkpoints["convnext-tiny-224"]), runtime.rewrites_for(recipe)
+        )
+        quantized = pipeline.calibrate(
+            loaded, recipe, runtime, contracts.APP, pipeline.Calibration(calib_dir), progress=False
+        )
+        return _dynamic_parameters(quantized.graph)
+
+    return run
+
+
+@pytest.mark.parametrize("target", W4A8_TARGETS)
+def test_w4a8_gives_the_same_parameters_twice(target, calibrate_dynamic):
+    require_toolchain(target)
+    first = calibrate_dynamic(target, W4A8)
+    assert first and first == calibrate_dynamic(target, W4A8)
+
+
+@pytest.mark.parametrize("field", sorted(W4A8_CHANGES))
+@pytest.mark.parametrize("target", W4A8_TARGETS)
+def test_changing_a_w4a8_field_changes_its_quantized_weights(target, field, calibrate_dynamic):
+    require_toolchain(target)
+    changed = dataclasses.replace(W4A8, **W4A8_CHANGES[field])
+    assert calibrate_dynamic(target, changed) != calibrate_dynamic(target, W4A8), field
+
+
+@pytest.mark.parametrize("target", W4A8_TARGETS)
+def test_w4a8_with_static_activations_is_refused(target):
+    """No XNNPACK 4-bit kernel takes static int8 activations: never built as something else."""
+    require_toolchain(target)
+    static = dataclasses.replace(W4A8, dynamic_activations=False, observer="minmax")
+    with pytest.raises(UnsupportedError, match="int8 weights only"):
+        targets.get(target).quantization_scheme(static)
