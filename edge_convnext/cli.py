@@ -440,8 +440,15 @@ def _add_export(commands) -> None:
         type=_number(int, 0),
         default=0,
         metavar="N",
-        help="keep the N layers most sensitive to quantization in float "
-        "(ranked by per-layer SQNR on calibration images; shown by inspect)",
+        help="keep the N layers most sensitive to quantization in higher precision: float "
+        "(int8 in 4-bit recipes; ranked by per-layer SQNR on calibration images; shown by inspect)",
+    )
+    quant.add_argument(
+        "--target-snr",
+        type=_number(float, 0, strict=True, high=200),
+        metavar="DB",
+        help="instead of --keep-float N: keep the fewest layers that give this logits SNR "
+        "against float on the calibration images (the choice and the search: inspect)",
     )
     quant.add_argument("--from-qat", metavar="CKPT", help="QAT checkpoint for a *-qat recipe")
     quant.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -463,7 +470,11 @@ def _run_export(args) -> int:
     if model is None:
         raise UsageError("export needs MODEL (or --from-qat CKPT)")
     calibration = Calibration(
-        Path(args.calib) if args.calib else None, args.calib_size, args.calib_seed, args.keep_float
+        Path(args.calib) if args.calib else None,
+        args.calib_size,
+        args.calib_seed,
+        args.keep_float,
+        args.target_snr,
     )
     artifact = build(
         model,
