@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,81 @@ def _axes(value: Any, rank: int) -> tuple[int, ...]:
     if value is None:
         return tuple(range(rank))
     return tuple(sorted(a % rank for a in _ints(value)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Large arrays come from the running evaluator's arena: numpy hands a big array's memory back to
+# the OS when it is freed, and every page of a fresh one then costs a fault and zeroing (a fifth
+# of a ConvNeXt-T batch's time). The arena keeps buffers between ops and calls instead.
+class _Arena:
+    """Buffers of at least :attr:`MIN_BYTES`, recycled by exact size.
+
+    A buffer is *lent* (handed out, maybe shared by views) until :meth:`recycle` puts it back;
+    the arena keeps a reference to each, so their ids stay unique.
+    """
+
+    MIN_BYTES = 1 << 20
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._lent: dict[int, np.ndarray] = {}
+
+    def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        size = math.prod(shape) * dtype.itemsize
+        if size < self.MIN_BYTES:
+            return np.empty(shape, dtype=dtype)
+        free = self._free.get(size)
+        buffer = free.pop() if free else np.empty(size, dtype=np.uint8)
+        self._lent[id(buffer)] = buffer
+        return buffer.view(dtype).reshape(shape)
+
+    def root(self, array: Any) -> np.ndarray | None:
+        """The lent buffer ``array`` lives in (numpy points a view's base at the owner)."""
+        if not isinstance(array, np.ndarray):
+            return None
+        owner = array if array.base is None else array.base
+        return owner if self._lent.get(id(owner)) is owner else None
+
+    def recycle(self, array: np.ndarray) -> None:
+        """Take back the buffer ``array`` lives in: nothing may use it any more."""
+        buffer = self.root(array)
+        if buffer is not None:
+            del self._lent[id(buffer)]
+            self._free.setdefault(buffer.nbytes, []).append(buffer)
+
+    def forget_lent(self) -> None:
+        """Let go of buffers still lent (kept by the caller, or temporaries not given back)."""
+        self._lent.clear()
+
+    def clear(self) -> None:
+        self._free.clear()
+        self._lent.clear()
+
+
+_LOCAL = threading.local()  # .arena: the arena of the evaluator running in this thread
+
+
+def _empty(shape: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+    arena = getattr(_LOCAL, "arena", None)
+    return arena.empty(shape, dtype) if arena is not None else np.empty(shape, dtype=dtype)
+
+
+def _empty_like(x: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """Like ``np.empty_like``: the same memory order as ``x`` (channels-last stays so)."""
+    dtype = x.dtype if dtype is None else dtype
+    if x.ndim <= 1 or x.flags.c_contiguous:
+        return _empty(x.shape, dtype)
+    order = sorted(range(x.ndim), key=lambda axis: -x.strides[axis])  # outermost first
+    buffer = _empty([x.shape[axis] for axis in order], dtype)
+    return buffer.transpose(np.argsort(order))
+
+
+def _recycle(array: np.ndarray) -> None:
+    """Give an op's own temporary back to the arena (never an array an output may view)."""
+    arena = getattr(_LOCAL, "arena", None)
+    if arena is not None:
+        arena.recycle(array)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,9 +264,23 @@ def erfc(x: Any) -> np.ndarray:
 # Elementwise ops.
 def _binary(ufunc: np.ufunc) -> Callable[..., np.ndarray]:
     def op(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return ufunc(x, y)
+        return ufunc(x, y, out=_float32_out(x, y)) if ufunc in _ARITHMETIC else ufunc(x, y)
 
     return op
+
+
+def _float32_out(x: Any, y: Any) -> np.ndarray | None:
+    """An arena array for a float32 ``x op y``, in the memory order of the operand its shape
+    is; ``None`` (numpy allocates) for other dtypes."""
+    operands = [np.asarray(v) for v in (x, y)]
+    if any(v.dtype != np.float32 for v in operands):
+        return None
+    shape = np.broadcast_shapes(*(v.shape for v in operands))
+    like = next((v for v in operands if v.shape == shape), None)
+    return _empty_like(like) if like is not None else _empty(shape)
+
+
+_ARITHMETIC = {np.add, np.subtract, np.multiply, np.true_divide, np.maximum, np.minimum}
 
 
 for _name, _ufunc in {
@@ -281,7 +371,7 @@ def _gelu_exact(x: np.ndarray) -> np.ndarray:
 def _blockwise(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     """``fn`` (elementwise, float64 inside) on cache-sized blocks of ``x``, as float32."""
     flat = np.asarray(x).reshape(-1)
-    out = np.empty(flat.shape, dtype=np.float32)
+    out = _empty(flat.shape)
     for start in range(0, flat.size, _CHUNK):
         out[start : start + _CHUNK] = fn(flat[start : start + _CHUNK])
     return out.reshape(np.shape(x))
@@ -306,7 +396,9 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 @_register(_OPS, "cast")
 def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
-    return np.array(x)  # a copy: the declared output dtype does the cast, maybe in place
+    out = _empty_like(np.asarray(x))  # a copy: the declared output dtype does the cast
+    np.copyto(out, x)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +409,7 @@ def _matmul_2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     others in its batch (a BLAS may pick its kernel, hence its rounding, by size)."""
     if x.ndim <= 2:
         return np.ascontiguousarray(x) @ w
-    out = np.empty((*x.shape[:-1], w.shape[-1]), dtype=np.result_type(x, w))
+    out = _empty((*x.shape[:-1], w.shape[-1]), np.result_type(x, w))
     for item, result in zip(x, out, strict=True):
         rows = np.ascontiguousarray(item).reshape(-1, x.shape[-1])
         np.matmul(rows, w, out=result.reshape(-1, w.shape[-1]))
@@ -354,8 +446,10 @@ def _layer_norm(
     epsilon: float = 1e-5,
 ) -> np.ndarray:
     axes = _axes(axes, x.ndim)
-    y = x - x.mean(axis=axes, keepdims=True)
-    var = np.mean(np.square(y), axis=axes, keepdims=True)
+    y = np.subtract(x, x.mean(axis=axes, keepdims=True), out=_empty_like(x))
+    squares = np.square(y, out=_empty_like(y))
+    var = np.mean(squares, axis=axes, keepdims=True)
+    _recycle(squares)
     var += np.float32(epsilon)
     y /= np.sqrt(var, out=var)
     shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
@@ -457,14 +551,19 @@ class _ConvGeometry:
 
 
 def _channels_last(x: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
-    """``(N, C, *spatial)`` -> zero-padded ``(N, *padded, C)``, C-contiguous."""
+    """``(N, C, *spatial)`` -> zero-padded ``(N, *padded, C)``, C-contiguous; a view of ``x``
+    itself where its memory already is that."""
     moved = np.moveaxis(x, 1, -1)
-    if not any(b or e for b, e in pads):
-        return np.ascontiguousarray(moved)
+    if not any(b or e for b, e in pads) and moved.flags.c_contiguous:
+        return moved
     n, c = x.shape[:2]
-    padded = [s + b + e for s, (b, e) in zip(x.shape[2:], pads, strict=True)]
-    out = np.zeros((n, *padded, c), dtype=x.dtype)
-    inner = tuple(slice(b, b + s) for s, (b, _) in zip(x.shape[2:], pads, strict=True))
+    out = _empty((n, *(s + b + e for s, (b, e) in zip(x.shape[2:], pads, strict=True)), c), x.dtype)
+    inner = []
+    for axis, (size, (before, after)) in enumerate(zip(x.shape[2:], pads, strict=True), 1):
+        edge = (slice(None),) * axis
+        out[(*edge, slice(0, before))] = 0
+        out[(*edge, slice(before + size, before + size + after))] = 0
+        inner.append(slice(before, before + size))
     out[(slice(None), *inner)] = moved
     return out
 
@@ -482,7 +581,7 @@ def _depthwise(xp: np.ndarray, weight: np.ndarray, geometry: _ConvGeometry) -> n
     fold = len(geometry.out) >= 2 and geometry.strides[-1] == 1
     if fold:
         w = np.tile(w, (1, geometry.out[-1]))
-    out = np.empty((n, *geometry.out, c), dtype=np.result_type(xp, weight))
+    out = _empty((n, *geometry.out, c), np.result_type(xp, weight))
     rows_total = geometry.out[0]
     rows = max(1, _CHUNK // (math.prod(geometry.out[1:]) * c))
     images = max(1, rows // rows_total)
@@ -510,7 +609,7 @@ def _folded(array: np.ndarray, fold: bool) -> np.ndarray:
 def _im2col(xp: np.ndarray, geometry: _ConvGeometry) -> np.ndarray:
     """``(N, *padded, C)`` -> ``(N, *out, C, taps)`` patches."""
     taps = geometry.taps()
-    cols = np.empty((xp.shape[0], *geometry.out, xp.shape[-1], len(taps)), dtype=xp.dtype)
+    cols = _empty((xp.shape[0], *geometry.out, xp.shape[-1], len(taps)), xp.dtype)
     for k, tap in enumerate(taps):
         cols[..., k] = xp[(slice(None), *geometry.window(tap))]
     return cols
@@ -519,13 +618,13 @@ def _im2col(xp: np.ndarray, geometry: _ConvGeometry) -> np.ndarray:
 def _grouped(xp: np.ndarray, weight: np.ndarray, groups: int, geometry: _ConvGeometry):
     """im2col, then one BLAS matmul per group over every image and pixel at once."""
     c_out, c_in_g = weight.shape[:2]
-    if all(k == 1 for k in geometry.kernel) and all(s == 1 for s in geometry.strides):
-        cols = xp  # pointwise: the input is its own patch matrix
-    else:
-        cols = _im2col(xp, geometry)
-    cols = cols.reshape(*cols.shape[: 1 + len(geometry.out)], groups, -1)  # (..., g, c_in_g * taps)
-    wg = weight.reshape(groups, c_out // groups, -1)
+    pointwise = all(k == 1 for k in geometry.kernel) and all(s == 1 for s in geometry.strides)
+    patches = xp if pointwise else _im2col(xp, geometry)  # a pointwise conv's input is its own
+    cols = patches.reshape(*patches.shape[: 1 + len(geometry.out)], groups, -1)
+    wg = weight.reshape(groups, c_out // groups, -1)  # cols: (..., groups, c_in_g * taps)
     parts = [_matmul_2d(cols[..., g, :], wg[g].T) for g in range(groups)]
+    if not pointwise:
+        _recycle(patches)
     return parts[0] if groups == 1 else np.concatenate(parts, axis=-1)
 
 
@@ -556,6 +655,8 @@ def _conv(
         out = _depthwise(xp, weight, geometry)
     else:
         out = _grouped(xp, weight, int(groups), geometry)
+    if not np.may_share_memory(xp, x):
+        _recycle(xp)
     if bias is not None:
         out += bias
     return np.moveaxis(out, -1, 1)
@@ -928,6 +1029,9 @@ class MilEvaluator:
         self.batched = batched
         self.output_shapes: dict[str, tuple[int | None, ...]] = {}
         self.description: Any = None
+        self._arena = _Arena()
+        self._arena_batch: int | None = None  # the batch size its buffers were sized for
+        self._lock = threading.Lock()  # one call at a time: the arena is this evaluator's
 
     @classmethod
     def from_mlpackage(cls, path: str | Path) -> MilEvaluator:
@@ -1021,7 +1125,29 @@ class MilEvaluator:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = {len(a) for a in arrays.values() if np.ndim(a) > 0}
+        with self._lock:
+            if batch != {self._arena_batch}:  # buffers of other sizes would only sit there
+                self._arena.clear()
+                self._arena_batch = batch.pop() if len(batch) == 1 else None
+            _LOCAL.arena = self._arena
+            try:
+                return self._steps_through(arrays)
+            finally:
+                _LOCAL.arena = None
+                self._arena.forget_lent()
+
+    def _steps_through(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env: dict[str, Any] = {**self._consts, **arrays}
+        holders: dict[int, int] = {}  # arena buffer id -> live vars in it
+
+        def hold(value: Any, count: int) -> None:
+            buffer = self._arena.root(value)
+            if buffer is not None:
+                holders[id(buffer)] = holders.get(id(buffer), 0) + count
+                if not holders[id(buffer)]:
+                    self._arena.recycle(buffer)
+
         for step in self._steps:
             kwargs = dict(step.defaults)
             for param, ref in step.args.items():
@@ -1031,8 +1157,10 @@ class MilEvaluator:
             for name, value, dtype in zip(step.outputs, results, step.dtypes, strict=True):
                 fresh = dtype == np.float16 and _owns_memory(value, kwargs.values())
                 env[name] = _store(value, dtype, fresh)
+                hold(env[name], 1)
+            del kwargs, result, results
             for name in step.frees:
-                del env[name]
+                hold(env.pop(name), -1)
         out = {name: _declared(env[name], dtype) for name, dtype in self._outputs}
         if self.probabilities_name is not None:
             out[self.probabilities_name] = env[self.probabilities_name]
@@ -1164,7 +1292,7 @@ class _Table:
         fp16 = self.dtype == np.float16
         values = np.asarray(kwargs[self.param], dtype=np.float32 if fp16 else self.dtype)
         bits, shift = (values.view(np.uint32), 13) if fp16 else (values.view(np.uint8), 0)
-        out = np.empty_like(values, dtype=self.table.dtype)  # in the memory order of values
+        out = _empty_like(values, self.table.dtype)  # in the memory order of values
         flat_bits, flat_out = bits.ravel(order="K"), out.ravel(order="K")
         index = np.empty(min(bits.size, _CHUNK), dtype=np.intp)  # take() wants intp indices
         for start in range(0, bits.size, _CHUNK):

@@ -416,18 +416,51 @@ def _assert_same(got: dict, want: dict) -> None:
             np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_a_batch_through_a_batch1_convnext_equals_its_items_bit_for_bit(precision, tmp_path):
+@pytest.fixture(scope="module")
+def batch1_convnexts(tmp_path_factory) -> dict[str, Path]:
+    """A tiny ConvNeXt V2 classifier with a batch-1 64x64 image input, at each precision."""
+    root = tmp_path_factory.mktemp("batch1")
     module = tiny_convnext(2)
     image = ct.ImageType(name="image", shape=(1, 3, 64, 64), scale=1 / 255, bias=[0, 0, 0])
-    path = convert(
-        module, torch.rand(1, 3, 64, 64), tmp_path / "convnext.mlpackage", precision,
-        inputs=[image], classifier_config=ct.ClassifierConfig([f"c{i}" for i in range(10)]),
-    )  # fmt: skip
-    evaluator = MilEvaluator.from_mlpackage(path)
+    labels = ct.ClassifierConfig([f"c{i}" for i in range(10)])
+    return {
+        precision: convert(
+            module,
+            torch.rand(1, 3, 64, 64),
+            root / f"{precision}.mlpackage",
+            precision,
+            inputs=[image],
+            classifier_config=labels,
+        )  # fmt: skip
+        for precision in PRECISIONS
+    }
+
+
+PIXELS = np.random.default_rng(1).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_batch_through_a_batch1_convnext_equals_its_items_bit_for_bit(
+    precision, batch1_convnexts
+):
+    evaluator = MilEvaluator.from_mlpackage(batch1_convnexts[precision])
     assert evaluator.batched
-    pixels = np.random.default_rng(1).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
-    _assert_same(evaluator(image=pixels), _items(evaluator, "image", pixels))
+    _assert_same(evaluator(image=PIXELS), _items(evaluator, "image", PIXELS))
+
+
+def test_reused_buffers_change_no_result(batch1_convnexts, monkeypatch):
+    from edge_convnext.targets import coreml_mil
+
+    path = batch1_convnexts["fp16"]
+    monkeypatch.setattr(coreml_mil._Arena, "MIN_BYTES", 1 << 62)  # numpy's own allocations
+    want = MilEvaluator.from_mlpackage(path)(image=PIXELS)
+    monkeypatch.setattr(coreml_mil._Arena, "MIN_BYTES", 0)  # every array from the arena
+    evaluator = MilEvaluator.from_mlpackage(path)
+    first = evaluator(image=PIXELS)
+    assert evaluator._arena._free  # buffers kept for the next call
+    _assert_same(first, want)
+    _assert_same(evaluator(image=PIXELS), want)  # on reused buffers
+    _assert_same(evaluator(image=PIXELS[:2]), {k: v[:2] for k, v in want.items()})
 
 
 def test_batch_rewrites_of_shape_ops_keep_each_item_alone(tmp_path):
