@@ -724,9 +724,10 @@ class CoreMLRunner(ArtifactRunner):
         return result
 
 
-# Crops per MIL evaluator call (bench/mil_speed.py: ConvNeXt-T's activations at this batch take a
-# few hundred MB).
-EVALUATOR_BATCH = 16
+# Crops per MIL evaluator call. bench/mil_speed.py on ConvNeXt-T: images/s at batch 4, 8 and 16
+# within a few percent of each other (~7% over batch 1); peak RSS +190 MB over batch 1 at 8,
+# +400 MB at 16.
+EVALUATOR_BATCH = 8
 # Core ML multiarray dtypes (ArrayFeatureType.ArrayDataType names) as numpy's.
 _ARRAY_DTYPES = {
     "FLOAT32": np.dtype(np.float32),
