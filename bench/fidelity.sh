@@ -6,7 +6,7 @@
 set -euo pipefail
 DATA=${1:-../shared/imagenet-sample/val}
 OUT=${2:-runs/fidelity}
-RECIPES=${RECIPES:-"executorch:fp32 executorch:w8a8 tflite:fp32 tflite:w8a8 coreml:fp32 coreml:fp16"}
+RECIPES=${RECIPES:-"executorch:fp32 executorch:w8a8 executorch:w4a8 tflite:fp32 tflite:w8a8 tflite:w4a8 tflite:w8a16 coreml:fp32 coreml:fp16"}
 mkdir -p "$OUT"
 for seed in convnext-tiny-224 convnextv2-tiny-1k-224; do
   ckpt="$OUT/ckpt/$seed"
