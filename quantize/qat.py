@@ -1,28 +1,17 @@
 """Quantization-aware training by distillation, resumable: prepare -> step -> finalize.
 
-One driver for every QAT recipe; the target supplies the training-time quantizer
-(``Target.quantization_scheme(recipe, qat=True)``, see :func:`training_quantizer`):
-
-- ``w8a8-qat`` (ExecuTorch, TFLite): the float model with the target's PT2E quantizer in QAT
-  mode (:class:`PT2EQAT`: fake-quant on weights and activations, PTQ's calibrated ranges);
-- ``w4a8-qat`` (ExecuTorch) and ``w4-qat`` (Core ML): torchao's fake-quantized linears on the
-  int4 grids PTQ rounds to (``quantize.qat_grids``);
-- ``palette4-qat`` (Core ML): coremltools' DKM palettizer (``quantize.qat_palette``);
-- ``int8-full-qat`` (TFLite): every tensor of the converted graph fake-quantized at
-  ai-edge-quantizer's ranges (``quantize.qat_tflite``).
-
-The teacher is the float model. The loss is the KL divergence between softmax(teacher / T) and
-softmax(student / T) on **unlabeled** images (labels, when given, add a cross-entropy term), so no
-labeled ImageNet train set is needed. The images are augmented (``quantize.qat_data``: random
-resized crops, flips, mixup), so a few hundred photos give many views.
+The student is the float model with the target's PT2E quantizer in QAT mode (fake-quant on
+weights and activations); the teacher is the same float model. The loss is the KL divergence
+between softmax(teacher / T) and softmax(student / T) on **unlabeled** images (labels, when given,
+add a cross-entropy term), so no labeled ImageNet train set is needed.
 
 Everything that decides the result is a function of ``(config.seed, step)``: the batch drawn at
-step ``s`` and its augmentation are the same whether the run went straight through or was killed
-and resumed from a checkpoint, so a resumed run ends at the same weights.
+step ``s`` and its flips are the same whether the run went straight through or was killed and
+resumed from a checkpoint, so a resumed run ends at the same weights.
 
-The student starts as the model the recipe's best PTQ ships (``TrainingQuantizer.start`` and
-``calibration``: GPTQ-rounded weights on the target's grids, PTQ's calibrated ranges), so QAT can
-only be measured against PTQ from where PTQ ends.
+The student starts as the model PTQ would ship: SmoothQuant-balanced, GPTQ-rounded weights
+(:func:`start_point`) and PTQ's calibrated ranges for every activation and weight
+(:func:`calibrated_ranges`). Those ranges stay fixed, so the weights train on the grid PTQ chose.
 
 Known trap: PT2E QAT can collapse accuracy (pytorch #111192, #114859, both about BatchNorm folding
 and observer state). ConvNeXt has no BatchNorm, no observer moves during training, and every result
@@ -34,8 +23,9 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,7 +34,7 @@ from edge_convnext.errors import ArtifactError, CheckpointError, CheckpointNotFo
 from edge_convnext.manifest import CalibrationSet, QuantizationRecord
 from edge_convnext.progress import bar as progress_bar
 
-from . import balance, gptq, qat_data
+from . import balance, gptq
 from .data_parallel import SINGLE, Group
 from .ptq import (
     PT2EScheme,
@@ -53,7 +43,6 @@ from .ptq import (
     contract_batches,
     export_for_quantization,
 )
-from .qat_data import batch_for_step
 from .recipes import QATConfig
 
 if TYPE_CHECKING:
@@ -61,11 +50,7 @@ if TYPE_CHECKING:
     from edge_convnext.models import LoadedModel
     from edge_convnext.targets import Target
 
-__all__ = ["batch_for_step"]  # re-exported: the batch of a step is qat_data's
-
-# 3: any QAT recipe (its training-time quantizer's student), augmented views
-# (2: w8a8-qat, ranges fixed at PTQ's from the start; 1: moving-average observers)
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 2  # 2: ranges fixed at PTQ's from the start (1: moving-average observers)
 START_POINT_IMAGES = 64  # training images that balance, GPTQ-round and calibrate the start
 
 
@@ -81,115 +66,19 @@ class ModelLoader(Protocol):
     ) -> LoadedModel: ...
 
 
-class TrainingQuantizer(Protocol):
-    """A target's training-time quantizer for one QAT recipe: what the driver needs of it.
-
-    The student's structure may depend only on the structure of the model it is prepared from
-    (a checkpoint rebuilds it from the float model, then loads its state); what PTQ learned from
-    images goes in through :meth:`calibration` / :meth:`calibrate`.
-    """
-
-    def start(self, teacher: torch.nn.Module, recipe, batches) -> torch.nn.Module:
-        """The float model QAT starts from: the best PTQ's weights (balanced, rounded)."""
-
-    def structure(self, teacher: torch.nn.Module, meta: dict) -> torch.nn.Module:
-        """A float model of :meth:`start`'s structure, from the teacher (checkpoint rebuilds)."""
-
-    def prepare(self, start: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-        """The student: ``start`` with fake quantization."""
-
-    def calibration(self, start: torch.nn.Module, example: torch.Tensor, batches) -> Any:
-        """What PTQ learns from ``batches`` beyond the weights (ranges), or None."""
-
-    def calibrate(self, student: torch.nn.Module, calibration: Any) -> None:
-        """Set the student's quantization parameters to :meth:`calibration`'s."""
-
-    def train_mode(self, student: torch.nn.Module) -> None: ...
-
-    def eval_mode(self, student: torch.nn.Module) -> None: ...
-
-    def after_step(self, student: torch.nn.Module) -> None:
-        """Constraints the optimizer step must not break (grids, palettes)."""
-
-    def convert(self, student: torch.nn.Module, template: torch.nn.Module) -> QuantizedGraph:
-        """What the target exports, from the trained student (on CPU, in eval mode);
-        ``template`` is a float model of the student's structure."""
-
-
-@dataclass(frozen=True)
-class PT2EQAT:
-    """``w8a8-qat``: the target's PT2E quantizer in QAT mode on the exported graph.
-
-    The student starts at PTQ's SmoothQuant balance and GPTQ-rounded weights (:func:`start_point`)
-    and PTQ's calibrated ranges for every activation and weight (:func:`calibrated_ranges`,
-    with ``ptq``, the same target's PTQ quantizer). Those ranges stay fixed, so the weights train
-    on the grid PTQ chose.
-    """
-
-    qat: PT2EScheme
-    ptq: PT2EScheme | None = None
-
-    def start(self, teacher, recipe, batches):
-        return start_point(teacher, recipe, batches)
-
-    def structure(self, teacher, meta):
-        return same_structure(teacher, meta)
-
-    def prepare(self, start, example):
-        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-
-        graph = export_for_quantization(start, example, dynamic_batch=True)
-        return prepare_qat_pt2e(graph, self.qat.quantizer)
-
-    def calibration(self, start, example, batches):
-        return calibrated_ranges(start, example, self.ptq, batches)
-
-    def calibrate(self, student, calibration):
-        fix_ranges(student, calibration)
-
-    def train_mode(self, student):
-        from torchao.quantization.pt2e import move_exported_model_to_train
-
-        move_exported_model_to_train(student)
-
-    def eval_mode(self, student):
-        from torchao.quantization.pt2e import move_exported_model_to_eval
-
-        move_exported_model_to_eval(student)
-
-    def after_step(self, student):
-        pass
-
-    def convert(self, student, template):
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-        graph = convert_pt2e(student, fold_quantize=self.qat.fold_quantize)
-        return QuantizedGraph(graph, self.qat, QuantizationRecord("qat"))
-
-
-def training_quantizer(target: Target, recipe) -> TrainingQuantizer:
-    """The training-time quantizer ``target`` supplies for the QAT recipe ``recipe``."""
-    scheme = target.quantization_scheme(recipe, qat=True)
-    if isinstance(scheme, PT2EScheme):
-        return PT2EQAT(scheme, target.quantization_scheme(recipe))
-    return scheme
-
-
 class QATRun:
     """One QAT run: ``prepare`` (in ``__init__``) -> ``step`` ... -> ``finalize``.
 
     Args:
-        teacher: float model taking the training graph's input (never modified).
-        example: one such input, for export.
-        quantizer: the target's :class:`TrainingQuantizer` (a PT2E QAT scheme is wrapped in
-            :class:`PT2EQAT`).
+        teacher: float model taking the contract input (never modified).
+        example: one contract input, for export.
+        scheme: the target's PT2E quantizer (in QAT mode) and conversion options.
         config: hyper-parameters.
         device: "cpu" or "cuda".
-        start: the float model the student starts from (``quantizer.start``; default: the
+        start: the float model the student starts from (:func:`start_point`; default: the
             teacher).
-        ranges: PTQ's calibration for the student (``quantizer.calibration``: PT2E ranges,
-            TFLite tensor ranges); None when a checkpoint's state, which holds it, is loaded next
-            or the quantizer has none.
+        ranges: PTQ's ranges for the student's fake-quants (:func:`calibrated_ranges`); None
+            when a checkpoint's state, which holds them, is loaded next.
         group: the processes training together (data-parallel under torchrun); call
             :meth:`distribute` once every rank holds the same state.
     """
@@ -198,25 +87,24 @@ class QATRun:
         self,
         teacher,
         example,
-        quantizer: TrainingQuantizer | PT2EScheme,
+        scheme: PT2EScheme,
         config: QATConfig,
         device="cpu",
         start=None,
         ranges=None,
         group: Group = SINGLE,
     ):
-        if isinstance(quantizer, PT2EScheme):
-            quantizer = PT2EQAT(quantizer)
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
         self.config = config
-        self.quantizer = quantizer
+        self.scheme = scheme
         self.device = torch.device(device)
         self.teacher = copy.deepcopy(teacher).eval().to(self.device)
         torch.manual_seed(config.seed)
-        self.template = start if start is not None else teacher
-        self.student = quantizer.prepare(self.template, example)
+        graph = export_for_quantization(start or teacher, example, dynamic_batch=True)
+        self.student = prepare_qat_pt2e(graph, scheme.quantizer).to(self.device)
         if ranges is not None:
-            quantizer.calibrate(self.student, ranges)
-        self.student = self.student.to(self.device)
+            fix_ranges(self.student, ranges)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.student.parameters() if p.requires_grad],
             lr=config.learning_rate,
@@ -237,10 +125,12 @@ class QATRun:
         self.forward = self.student
 
     def step(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> float:
-        """One optimisation step on a batch (training-graph layout, this rank's slice); returns
-        the loss of the global batch."""
+        """One optimisation step on a batch (contract layout, this rank's slice); returns the
+        loss of the global batch."""
+        from torchao.quantization.pt2e import move_exported_model_to_train
+
         config = self.config
-        self.quantizer.train_mode(self.student)
+        move_exported_model_to_train(self.student)
         inputs = inputs.to(self.device)
         with torch.no_grad():
             teacher_logits = self.teacher(inputs)
@@ -253,16 +143,19 @@ class QATRun:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.quantizer.after_step(self.student)
         self.step_index += 1
         self.losses.append(self.group.mean(loss.detach()))
         return self.losses[-1]
 
     def finalize(self) -> QuantizedGraph:
-        """What the target exports (a converted graph or module), on CPU."""
+        """The converted (quantize/dequantize) graph, on CPU, for the target to lower."""
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
         student = copy.deepcopy(self.student).to("cpu")
-        self.quantizer.eval_mode(student)
-        return self.quantizer.convert(student, self.template)
+        move_exported_model_to_eval(student)
+        graph = convert_pt2e(student, fold_quantize=self.scheme.fold_quantize)
+        return QuantizedGraph(graph, self.scheme, QuantizationRecord("qat"))
 
     def state(self) -> dict:
         return {
@@ -282,8 +175,8 @@ class QATRun:
 
 
 def start_point(teacher, recipe, batches):
-    """The float model ``w8a8-qat`` starts from: PTQ's SmoothQuant balance and GPTQ-rounded
-    weights, so training starts from what PTQ would ship."""
+    """The float model QAT starts from: PTQ's SmoothQuant balance and GPTQ-rounded weights, so
+    training starts from what PTQ would ship."""
     return gptq.for_recipe(balance.for_recipe(teacher, recipe, batches), recipe, batches)
 
 
@@ -375,6 +268,19 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return kl * temperature**2
 
 
+def batch_for_step(pool: np.ndarray, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """The batch of step ``step``: a function of ``(seed, step)`` only, so resumes replay it.
+
+    Draws ``batch_size`` crops from ``pool`` (uint8 ``(N, H, W, 3)``) and flips half of them.
+    """
+    rng = np.random.default_rng([seed, step])
+    indices = rng.choice(len(pool), size=batch_size, replace=len(pool) < batch_size)
+    batch = pool[indices].copy()
+    flips = rng.random(batch_size) < 0.5
+    batch[flips] = batch[flips, :, ::-1]
+    return batch
+
+
 def save_checkpoint(path: Path, run: QATRun, meta: dict) -> None:
     """Write the run's state and what it was started with, atomically."""
     payload = {
@@ -418,7 +324,6 @@ def train(
     config: QATConfig,
     *,
     load_model: ModelLoader,
-    recipe: str = "w8a8-qat",
     contract: str = "app",
     images: int = 512,
     random_init: bool = False,
@@ -428,7 +333,7 @@ def train(
     progress: bool = True,
     group: Group = SINGLE,
 ) -> QATRun:
-    """Run (or resume) QAT for ``target``'s QAT recipe ``recipe``; checkpoint to ``out``.
+    """Run (or resume) QAT for ``target``'s ``w8a8-qat`` recipe; checkpoint to ``out``.
 
     Killed mid-run, the same call with ``resume=True`` continues from the last checkpoint and
     ends at the same weights as an uninterrupted run. ``load_model`` loads ``model_ref`` with
@@ -436,26 +341,17 @@ def train(
     :func:`data_parallel.session`), each rank trains on its slice of the same global batch of
     ``config.batch_size``; rank 0 reads and writes the checkpoint and decodes and calibrates
     on the images, and broadcasts them, so every rank starts identical.
-
-    Raises:
-        UnsupportedError: ``recipe`` is not a QAT recipe ``target`` supports.
     """
     from edge_convnext import contracts, targets
     from edge_convnext.targets.lowering import example_input, with_contract
 
-    from . import recipes
+    from . import calibration, recipes
     from .ptq import contract_tensor
 
     group.check_batch(config.batch_size)
-    recipe = recipes.get(recipe)
+    recipe = recipes.get("w8a8-qat")
     runtime = targets.get(target)
     runtime.check(recipe)
-    if not recipe.is_qat:
-        qat_recipes = [name for name in runtime.recipes if recipes.get(name).is_qat]
-        raise UsageError(
-            f"recipe {recipe.name!r} is not trained; QAT recipes of {target}: "
-            f"{', '.join(qat_recipes) or 'none'}"
-        )
     contract = contracts.get(contract)
     meta = {
         "model": _resolved(model_ref),
@@ -472,50 +368,41 @@ def train(
     }
     state = group.share(lambda: _resume_state(Path(out), resume, meta, config))
     loaded = load_model(model_ref, tuple(meta["rewrites"]), random=random_init, seed=model_seed)
-    # Decoded once, on rank 0: every rank trains on the very views the checkpoint records.
+    # Decoded once, on rank 0: every rank trains on the very crops the checkpoint records.
     training = group.share(
-        lambda: qat_data.load(data, images, loaded.preprocessing, seed=config.seed)
+        lambda: calibration.load(data, images, loaded.preprocessing, seed=config.seed)
     )
-    quantizer = training_quantizer(runtime, recipe)
-    graph_contract = runtime.quantized_contract(contract)  # Core ML: the bare float model
-    example = example_input(graph_contract, loaded.preprocessing)
-    teacher = with_contract(loaded, graph_contract)
+    pool = training.crops
+    scheme = runtime.quantization_scheme(recipe, qat=True)
+    example = example_input(contract, loaded.preprocessing)
+    teacher = with_contract(loaded, contract)
     ranges = None
     if state is None and group.is_main:
-        crops = training.crops[:START_POINT_IMAGES]
-        batches = contract_batches(crops, graph_contract, loaded.preprocessing)
-        start = quantizer.start(teacher, recipe, batches)
-        ranges = quantizer.calibration(start, example, batches)
+        batches = contract_batches(pool[:START_POINT_IMAGES], contract, loaded.preprocessing)
+        start = start_point(teacher, recipe, batches)
+        ptq_scheme = runtime.quantization_scheme(recipe)
+        ranges = calibrated_ranges(start, example, ptq_scheme, batches)
     else:
-        start = quantizer.structure(teacher, meta)
-    run = QATRun(teacher, example, quantizer, config, device, start, ranges, group=group)
+        start = same_structure(teacher, meta)
+    run = QATRun(teacher, example, scheme, config, device, start, ranges, group=group)
     if state is None and group.parallel:
         state = group.share(lambda: _on_cpu(run.state()))  # rank 0's calibrated start
     if state is not None:
         run.load_state(state)
     run.distribute()
     meta = {**meta, "training_images": asdict(training.record())}  # audits leave them out
-    augmentation = config.augmentation()
     bar = progress_bar(
         None,
         enabled=progress and group.is_main,
         total=config.steps,
         initial=run.step_index,
-        desc=f"QAT {recipe.name}",
+        desc="QAT",
         unit="step",
     )
     try:
         while run.step_index < config.steps:
-            batch = batch_for_step(
-                training.views,
-                run.step_index,
-                config.batch_size,
-                config.seed,
-                augmentation,
-                training.crop_size,
-            )
-            inputs = contract_tensor(group.shard(batch), graph_contract, loaded.preprocessing)
-            loss = run.step(inputs)
+            batch = batch_for_step(pool, run.step_index, config.batch_size, config.seed)
+            loss = run.step(contract_tensor(group.shard(batch), contract, loaded.preprocessing))
             bar.update(1)
             bar.set_postfix(kl=f"{loss:.4g}")
             done = run.step_index % config.checkpoint_every == 0 or run.step_index == config.steps
@@ -535,11 +422,7 @@ def finalize_checkpoint(
 
     payload = load_checkpoint(path)
     meta = payload["meta"]
-    for key, value in (
-        ("target", target.name),
-        ("contract", contract.name),
-        ("recipe", recipe.name),
-    ):
+    for key, value in (("target", target.name), ("contract", contract.name)):
         if meta[key] != value:
             raise UsageError(
                 f"{path}: trained for {key} {meta[key]!r}, not {value!r}; pass --{key} "
@@ -551,12 +434,10 @@ def finalize_checkpoint(
             f"lowers {list(loaded.rewrites)}; train again with this version"
         )
     config = QATConfig.from_dict(payload["config"])
-    quantizer = training_quantizer(target, recipe)
-    graph_contract = target.quantized_contract(contract)
-    example = example_input(graph_contract, loaded.preprocessing)
-    teacher = with_contract(loaded, graph_contract)
-    start = quantizer.structure(teacher, meta)
-    run = QATRun(teacher, example, quantizer, config, start=start)
+    scheme = target.quantization_scheme(recipe, qat=True)
+    example = example_input(contract, loaded.preprocessing)
+    teacher = with_contract(loaded, contract)
+    run = QATRun(teacher, example, scheme, config, start=same_structure(teacher, meta))
     run.load_state(payload)
     quantized = run.finalize()
     training = meta.get("training_images")
@@ -566,7 +447,6 @@ def finalize_checkpoint(
         smoothquant_alpha=meta.get("smoothquant_alpha"),
         weight_rounding=meta.get("weight_rounding", "nearest"),
         facts={
-            **quantized.record.facts,
             "steps": run.step_index,
             "checkpoint": path.name,  # a name, never a local path: the file ships in apps
             "config": payload["config"],
