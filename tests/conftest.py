@@ -29,6 +29,20 @@ def require_toolchain(target: str) -> None:
         pytest.skip(f"{toolchain} not installed: pip install -e '.[{target}]'")
 
 
+def cli_status(capsys, argv: list) -> tuple[int, str, str]:
+    """``cli.main(argv)``'s exit status (argparse's SystemExit included), stdout and stderr;
+    fails the test if stderr holds a traceback (a user's mistake must never show one)."""
+    from edge_convnext import cli
+
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return status, captured.out, captured.err
+
+
 def real_images() -> list[Path]:
     """The committed CC0 photos: every test on 'real photos' uses these."""
     return list(PHOTOS)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import real_images
+from conftest import cli_status, real_images
 
 from edge_convnext import cli, errors
 
@@ -63,17 +63,6 @@ def _shell(*args: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
-def _status(capsys, argv: list[str]) -> tuple[int, str, str]:
-    """``cli.main(argv)``'s exit status (argparse's SystemExit included), stdout and stderr."""
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        status = exit_info.code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return status, captured.out, captured.err
-
-
 # --- the rule -------------------------------------------------------------------------------------
 
 
@@ -99,7 +88,7 @@ def test_usage_errors_exit_2_and_every_other_error_exits_1():
     assert issubclass(errors.DatasetNotFoundError, errors.DatasetError)
 
 
-def test_help_documents_the_exit_status(capsys):
+def test_help_documents_the_exitcli_status(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     text = capsys.readouterr().out
@@ -117,7 +106,7 @@ def test_help_documents_the_exit_status(capsys):
     ids=[f"{base[0]}{flag}={value}" for base, flag, value, _ in OUT_OF_RANGE],
 )
 def test_out_of_range_number_is_a_usage_error_naming_the_range(capsys, base, flag, value, expected):
-    status, out, err = _status(capsys, [*base, flag, value])
+    status, out, err = cli_status(capsys, [*base, flag, value])
     assert status == 2 and out == ""
     assert f"usage: edge-convnext {base[0]}" in err
     assert f"error: argument {flag}: invalid value {value!r}: {expected}" in err
@@ -145,7 +134,7 @@ def test_bad_option_from_the_shell_prints_usage_and_no_traceback(tmp_path):
 
 
 def test_unknown_recipe_is_a_usage_error(capsys, tmp_path):
-    status, _, err = _status(capsys, [*EXPORT, "--recipe", "nope", "-o", tmp_path])
+    status, _, err = cli_status(capsys, [*EXPORT, "--recipe", "nope", "-o", tmp_path])
     assert status == 2
     assert "unknown recipe 'nope'" in err and "'fp32'" in err
     assert err.count("\n") == 1 and not any(tmp_path.iterdir())
@@ -153,16 +142,16 @@ def test_unknown_recipe_is_a_usage_error(capsys, tmp_path):
 
 def test_missing_checkpoint_directory_is_a_usage_error(capsys, tmp_path):
     missing = tmp_path / "no-such-checkpoint"
-    status, _, err = _status(capsys, ["export", missing, "--target", "tflite", "-o", tmp_path])
+    status, _, err = cli_status(capsys, ["export", missing, "--target", "tflite", "-o", tmp_path])
     assert status == 2 and "no such checkpoint directory" in err
-    status, _, err = _status(capsys, ["predict", missing, "x.jpg"])
+    status, _, err = cli_status(capsys, ["predict", missing, "x.jpg"])
     assert status == 2 and "no such checkpoint directory" in err
 
 
 def test_missing_qat_checkpoint_is_a_usage_error(capsys, tmp_path):
     missing = tmp_path / "missing.qat.pt"
     argv = ["export", "--target", "executorch", "--recipe", "w8a8-qat", "--from-qat", missing]
-    status, _, err = _status(capsys, argv)
+    status, _, err = cli_status(capsys, argv)
     assert status == 2 and "no such QAT checkpoint" in err
 
 
@@ -170,7 +159,7 @@ def test_missing_qat_checkpoint_is_a_usage_error(capsys, tmp_path):
 def test_artifact_path_that_does_not_exist_is_a_usage_error(capsys, tmp_path, command):
     missing = tmp_path / "missing.tflite"
     argv = [command, missing] + (["x.jpg"] if command == "predict" else [])
-    status, _, err = _status(capsys, argv)
+    status, _, err = cli_status(capsys, argv)
     assert status == 2 and "no such artifact" in err
 
 
@@ -180,7 +169,7 @@ def test_artifact_path_that_does_not_exist_is_a_usage_error(capsys, tmp_path, co
 def test_unreadable_image_exits_1_with_one_line_for_it(capsys, tiny_checkpoints, bad_images):
     bad, good = bad_images["text.JPEG"], real_images()[0]
     argv = ["predict", tiny_checkpoints["convnext-tiny-224"], bad, good, "--top-k", "1"]
-    status, out, _ = _status(capsys, argv)
+    status, out, _ = cli_status(capsys, argv)
     lines = out.splitlines()
     assert status == 1 and len(lines) == 3
     assert lines[0].startswith(f"{bad}: error: not an image")
@@ -201,7 +190,7 @@ def test_random_init_predict_of_an_unreadable_image_from_the_shell(tmp_path, bad
 def test_inspect_of_an_artifact_without_its_sidecar_exits_1(capsys, tmp_path):
     artifact = tmp_path / "model.tflite"
     artifact.write_bytes(os.urandom(4096))
-    status, _, err = _status(capsys, ["inspect", artifact])
+    status, _, err = cli_status(capsys, ["inspect", artifact])
     assert status == 1 and "no sidecar manifest" in err
     assert err.startswith("edge-convnext: error: ") and err.count("\n") == 1
 
@@ -211,7 +200,7 @@ def test_predict_without_a_sidecar_or_preprocessing_flags_says_what_to_give(caps
     # names both fixes, before the model is even opened.
     artifact = tmp_path / "model.tflite"
     artifact.write_bytes(os.urandom(4096))
-    status, _, err = _status(capsys, ["predict", artifact, real_images()[0]])
+    status, _, err = cli_status(capsys, ["predict", artifact, real_images()[0]])
     assert status == 2 and "no sidecar manifest" in err
     assert "--resize" in err and "--preprocess FILE" in err and "copy its sidecar" in err
     assert err.startswith("edge-convnext: error: ") and err.count("\n") == 1
@@ -239,7 +228,7 @@ def broken_tflite(tiny_checkpoints, tmp_path_factory):
 @pytest.mark.parametrize("command", ["predict", "inspect"])
 def test_corrupt_artifact_with_a_valid_sidecar_exits_1(capsys, broken_tflite, command):
     argv = [command, broken_tflite] + ([real_images()[0]] if command == "predict" else [])
-    status, _, err = _status(capsys, argv)
+    status, _, err = cli_status(capsys, argv)
     assert status == 1
     assert (
         err.strip()
@@ -258,5 +247,5 @@ def test_interrupt_exits_130_without_a_traceback(capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runners, "open_runner", interrupted)
-    status, _, err = _status(capsys, PREDICT)
+    status, _, err = cli_status(capsys, PREDICT)
     assert status == 130 and err == "edge-convnext: interrupted\n"

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, cli_status
 
-from edge_convnext import cli
 from edge_convnext.labels import imagenet_labels, imagenet_wnids
 from edge_convnext.preprocess import Preprocessing, load_crop, normalize
 
@@ -103,19 +102,9 @@ def expected() -> dict[str, np.ndarray]:
     return {photo.name: row for photo, row in zip(PHOTOS, logits, strict=True)}
 
 
-def _status(capsys, argv: list) -> tuple[int, str, str]:
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        status = exit_info.code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return status, captured.out, captured.err
-
-
 @pytest.mark.parametrize("kind", ["image", "tensor"])
 def test_predict_with_the_flags_matches_pytorch(capsys, packages, expected, kind):
-    status, out, err = _status(capsys, ["predict", packages[kind], *PHOTOS, "--json", *FLAGS])
+    status, out, err = cli_status(capsys, ["predict", packages[kind], *PHOTOS, "--json", *FLAGS])
     assert status == 0, err
     assert "numpy" in err and "not Core ML runtime numerics" in err
     for line, photo in zip(out.splitlines(), PHOTOS, strict=True):
@@ -130,7 +119,7 @@ def test_audit_of_a_classifier_scores_its_probabilities(capsys, packages, expect
         shutil.copy(photo, data / wnid / photo.name)
     files = [packages["tensor"], packages["classifier"]]
     argv = ["audit", *files, "--data", data, "--out", tmp_path / "audit", "--no-progress"]
-    status, _, err = _status(capsys, [*argv, *FLAGS])
+    status, _, err = cli_status(capsys, [*argv, *FLAGS])
     assert status == 0, err
     assert "scores: the classifier's 'classLabel_probs'" in err
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
@@ -159,7 +148,7 @@ def test_without_the_flags_a_package_is_a_usage_error_saying_what_to_give(
 ):
     photo = next(iter(PHOTOS))
     tail = ["--data", photo.parent, "--out", tmp_path / "audit"] if command == "audit" else [photo]
-    status, _, err = _status(capsys, [command, packages["tensor"], *tail])
+    status, _, err = cli_status(capsys, [command, packages["tensor"], *tail])
     assert status == 2, err
     assert err.startswith("edge-convnext: error: ") and err.count("\n") == 1
     for needed in ("--resize", "--crop", "--mean", "--std", "--preprocess FILE"):
@@ -178,5 +167,5 @@ def test_a_package_that_does_not_fit_the_flags_is_refused(
     capsys, packages, kind, options, status, expected
 ):
     argv = ["predict", packages[kind], next(iter(PHOTOS)), *FLAGS, *options]
-    got, _, err = _status(capsys, argv)
+    got, _, err = cli_status(capsys, argv)
     assert got == status and expected in err, err

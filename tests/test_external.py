@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, require_toolchain
+from conftest import FIXTURES, cli_status, require_toolchain
 
-from edge_convnext import cli, contracts, manifest, metrics
+from edge_convnext import contracts, manifest, metrics
 from edge_convnext.data import LAYOUTS
 from edge_convnext.labels import imagenet_labels, imagenet_wnids
 
@@ -53,17 +53,6 @@ FLOAT_FILES = (lite0.FP32_TFLITE, lite0.FP32_PTE, lite0.FP32_ONNX, lite0.UINT8_1
 # fp32 runtimes against eager PyTorch: logits of magnitude ~10 agree to ~1e-5; bicubic for
 # bilinear resizing moves them by ~0.3.
 LOGIT_ATOL = 1e-3
-
-
-def _status(capsys, argv: list) -> tuple[int, str, str]:
-    """``cli.main(argv)``'s exit status (argparse's SystemExit included), stdout and stderr."""
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        status = exit_info.code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return status, captured.out, captured.err
 
 
 # --- fixtures: the photos in every layout, PyTorch's logits, the converted files -----------------
@@ -116,7 +105,7 @@ def _audit(capsys, files, data: Path, out: Path, *options) -> tuple[int, dict, d
     Predictions: ``{name: {key: (label, float32 (1000,) logits)}}``.
     """
     argv = ["audit", *files, "--data", data, "--out", out, "--no-progress", *options]
-    status, _, err = _status(capsys, argv)
+    status, _, err = cli_status(capsys, argv)
     if status != 0:
         return status, {}, {}, err
     report = json.loads((out / "report.json").read_text())
@@ -299,10 +288,10 @@ def test_predict_with_a_preprocess_file_equals_the_flags_and_pytorch_top5(
     settings = tmp_path / "lite0.json"
     settings.write_text(json.dumps({**lite0.PREPROCESS_JSON, "input_layout": "nhwc"}))
     tflite, images = artifacts[lite0.FP32_TFLITE], list(PHOTO_WNIDS)
-    status, by_flags, err = _status(capsys, ["predict", tflite, *images, "--json", *lite0.FLAGS])
+    status, by_flags, err = cli_status(capsys, ["predict", tflite, *images, "--json", *lite0.FLAGS])
     assert status == 0, err
     by_file_argv = ["predict", tflite, *images, "--json", "--preprocess", settings]
-    status, by_file, err = _status(capsys, by_file_argv)
+    status, by_file, err = cli_status(capsys, by_file_argv)
     assert status == 0, err
     assert by_file == by_flags
     labels = imagenet_labels()
@@ -388,7 +377,7 @@ def test_flags_that_contradict_the_input_tensor_are_a_usage_error(
     capsys, artifacts, layouts, tmp_path, name, options, expected
 ):
     argv = ["audit", artifacts[name], "--data", layouts["imagefolder"], "--out", tmp_path]
-    status, _, err = _status(capsys, [*argv, "--no-progress", *lite0.FLAGS, *options])
+    status, _, err = cli_status(capsys, [*argv, "--no-progress", *lite0.FLAGS, *options])
     assert status == 2 and expected in err, err
     assert not (tmp_path / "report.json").exists()
 
@@ -402,7 +391,7 @@ def test_a_file_without_sidecar_or_flags_is_refused_saying_what_to_give(
     artifact.write_bytes(os.urandom(4096))
     photo = FIXTURES / "photos" / "coffee.jpg"
     tail = ["--data", photo.parent, "--out", tmp_path / "audit"] if command == "audit" else [photo]
-    status, _, err = _status(capsys, [command, artifact, *tail])
+    status, _, err = cli_status(capsys, [command, artifact, *tail])
     assert status == 2, err
     assert err.startswith("edge-convnext: error: ") and err.count("\n") == 1
     for needed in ("--resize", "--crop", "--interpolation", "--mean", "--std", "--preprocess FILE"):
@@ -434,7 +423,7 @@ def test_bad_preprocessing_values_are_refused_with_a_hint(capsys, tmp_path, chan
     artifact = tmp_path / "classifier.tflite"  # refused before it is opened
     artifact.write_bytes(os.urandom(4096))
     photo = FIXTURES / "photos" / "coffee.jpg"
-    status, _, err = _status(capsys, ["predict", artifact, photo, *_flags(changes)])
+    status, _, err = cli_status(capsys, ["predict", artifact, photo, *_flags(changes)])
     assert status == 2 and expected in err, err
 
 
@@ -454,7 +443,7 @@ def test_a_bad_preprocess_file_is_refused(capsys, tmp_path, content, expected):
     if content is not None:
         settings.write_text(content)
     photo = FIXTURES / "photos" / "coffee.jpg"
-    status, _, err = _status(capsys, ["predict", artifact, photo, "--preprocess", settings])
+    status, _, err = cli_status(capsys, ["predict", artifact, photo, "--preprocess", settings])
     assert status == 2 and expected in err, err
 
 
@@ -499,7 +488,7 @@ def test_onnx_with_open_dimensions_takes_the_crop_given(capsys, tmp_path, open_c
     model = _mean_colour_onnx(tmp_path / "mean.onnx", 1000, open_classes)
     photo = FIXTURES / "photos" / "coffee.jpg"
     flags = _flags({"--resize": "288", "--crop": "256"})
-    status, out, err = _status(capsys, ["predict", model, photo, "--json", *flags])
+    status, out, err = cli_status(capsys, ["predict", model, photo, "--json", *flags])
     assert status == 0, err
     assert len(json.loads(out)["top_k"]) == 5
 
@@ -507,12 +496,12 @@ def test_onnx_with_open_dimensions_takes_the_crop_given(capsys, tmp_path, open_c
 def test_onnx_that_is_not_an_imagenet_classifier_is_refused(capsys, tmp_path):
     model = _mean_colour_onnx(tmp_path / "ten.onnx", 10)
     photo = FIXTURES / "photos" / "coffee.jpg"
-    status, _, err = _status(capsys, ["predict", model, photo, *lite0.FLAGS])
+    status, _, err = cli_status(capsys, ["predict", model, photo, *lite0.FLAGS])
     assert status == 1 and "10 output classes" in err and "ImageNet-1k classifier" in err, err
 
 
 def test_onnx_whose_input_is_not_an_rgb_image_is_refused(capsys, tmp_path):
     model = _mean_colour_onnx(tmp_path / "gray.onnx", 1000, channels=1)
     photo = FIXTURES / "photos" / "coffee.jpg"
-    status, _, err = _status(capsys, ["predict", model, photo, *lite0.FLAGS])
+    status, _, err = cli_status(capsys, ["predict", model, photo, *lite0.FLAGS])
     assert status == 1 and "input shape [?, 1, ?, ?] is not a batch-1 RGB image" in err, err

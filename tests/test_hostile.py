@@ -18,9 +18,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import TINY, real_images, require_toolchain, save_checkpoint, textured_image
+from conftest import (
+    TINY,
+    cli_status,
+    real_images,
+    require_toolchain,
+    save_checkpoint,
+    textured_image,
+)
 
-from edge_convnext import atomic, audit, cli, manifest, models
+from edge_convnext import atomic, audit, manifest, models
 from edge_convnext.errors import ArtifactError, CheckpointError, UsageError
 
 try:
@@ -30,16 +37,6 @@ except ImportError:  # importlib mode
 
 TINY_SEED = "convnext-tiny-224"
 DISTINCTIVE = "LEAKCHECK_dir_9f3a"  # a path fragment that must never reach an artifact
-
-
-def _status(capsys, argv) -> tuple[int, str, str]:
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        status = exit_info.code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return status, captured.out, captured.err
 
 
 def _error_line(err: str) -> str:
@@ -104,7 +101,7 @@ def test_audit_with_unreadable_fifo_and_huge_files_exits_1_and_scores_the_rest(
 ):
     root = _hostile_imagefolder(tmp_path / "data")
     out = tmp_path / "audit"
-    status, stdout, err = _status(
+    status, stdout, err = cli_status(
         capsys, ["audit", tflite, "--data", root, "--out", out, "--no-progress"]
     )
     assert status == 1
@@ -134,14 +131,14 @@ def test_labels_csv_outside_the_data_root_is_refused(capsys, tflite, tmp_path):
     csv = root / "labels.csv"
     csv.write_text("path,label\nphoto_0.jpg,0\n../outside.jpg,1\n/etc/passwd,2\n")
     out = tmp_path / "audit"
-    status, _, err = _status(capsys, ["audit", tflite, "--data", csv, "--out", out])
+    status, _, err = cli_status(capsys, ["audit", tflite, "--data", csv, "--out", out])
     assert status == 1
     line = _error_line(err)
     assert "outside the data root" in line and "--allow-outside-data" in line
     assert not (out / "manifest.json").exists()  # nothing was read, nothing hashed
     # Opted in, the rows are read (and /etc/passwd is just an unreadable image).
     argv = ["audit", tflite, "--data", csv, "--out", out, "--allow-outside-data", "--no-progress"]
-    status, _, err = _status(capsys, argv)
+    status, _, err = cli_status(capsys, argv)
     assert status == 1 and "1 of 3 images could not be read" in err
 
 
@@ -151,7 +148,7 @@ def test_labels_csv_rows_that_do_not_exist_are_reported(capsys, tflite, tmp_path
     rows = "".join(f"missing_{i}.jpg,{i}\n" for i in range(9))
     (root / "labels.csv").write_text("path,label\nphoto_0.jpg,0\n" + rows)
     argv = ["audit", tflite, "--data", root / "labels.csv", "--out", tmp_path / "a"]
-    status, _, err = _status(capsys, [*argv, "--no-progress"])
+    status, _, err = cli_status(capsys, [*argv, "--no-progress"])
     assert status == 1 and "9 of 10 images could not be read" in err
 
 
@@ -162,7 +159,7 @@ def test_predict_on_a_folder_says_what_it_skipped(capsys, tflite, tmp_path):
     os.symlink(folder / "loop.JPEG", folder / "loop.JPEG")
     os.mkfifo(folder / "fifo.JPEG")
     (folder / "folder.JPEG").mkdir()
-    status, out, _ = _status(capsys, ["predict", tflite, folder, "--json"])
+    status, out, _ = cli_status(capsys, ["predict", tflite, folder, "--json"])
     assert status == 1
     rows = [json.loads(line) for line in out.splitlines()]
     scored = {Path(r["image"]).name for r in rows if "top_k" in r}
@@ -195,7 +192,7 @@ def _break(kind: str, artifact: Path, folder: Path) -> Path:
 def test_broken_tflite_gives_one_line(capsys, tflite, tmp_path, kind, command):
     broken = _break(kind, tflite, tmp_path)
     argv = [command, broken] + ([real_images()[0]] if command == "predict" else [])
-    status, _, err = _status(capsys, argv)
+    status, _, err = cli_status(capsys, argv)
     assert status == 1
     assert str(broken) in _error_line(err)
 
@@ -212,7 +209,7 @@ def test_audit_with_one_broken_artifact_audits_the_others(capsys, tflite, tmp_pa
     root = build_imagefolder(tmp_path / "data", make_photos(per_class=1, seed=7))
     out = tmp_path / "audit"
     argv = ["audit", broken, tflite, "--data", root, "--out", out, "--no-progress"]
-    status, _, err = _status(capsys, argv)
+    status, _, err = cli_status(capsys, argv)
     assert status == 1
     assert f"edge-convnext: audit: not audited: {broken}" in err
     (row,) = json.loads((out / "report.json").read_text())["artifacts"]
@@ -232,10 +229,10 @@ def test_pte_of_random_bytes_never_kills_the_process(capsys, pte, tmp_path):
     """Random bytes (no ET## identifier) are refused by the header check; bytes *with* the
     identifier reach the loader, which aborts (SIGABRT) -- in a forked child, not in us."""
     random_bytes = _break("random", pte, tmp_path)
-    status, _, err = _status(capsys, ["predict", random_bytes, real_images()[0]])
+    status, _, err = cli_status(capsys, ["predict", random_bytes, real_images()[0]])
     assert status == 1 and "not from the same export" in _error_line(err)  # sha256 first
     _unrecorded(random_bytes)  # the sidecar of a foreign tool: no checksum to catch it
-    status, _, err = _status(capsys, ["predict", random_bytes, real_images()[0]])
+    status, _, err = cli_status(capsys, ["predict", random_bytes, real_images()[0]])
     assert status == 1 and "no 'ET##' flatbuffer identifier" in _error_line(err)
 
     data = bytearray(os.urandom(pte.stat().st_size))
@@ -295,7 +292,7 @@ def test_damaged_mlpackage_gives_one_line(capsys, mlpackage, tmp_path, damage):
         model = next(broken.rglob("model.mlmodel"))
         model.write_bytes(os.urandom(model.stat().st_size))
     for argv in (["inspect", broken], ["predict", broken, real_images()[0]]):
-        status, _, err = _status(capsys, argv)
+        status, _, err = cli_status(capsys, argv)
         assert status == 1, (argv, err)
         _error_line(err)
 
@@ -338,7 +335,7 @@ def test_bad_sidecar_gives_one_line_naming_the_field(capsys, tflite, tmp_path, c
         mutate(document)
         sidecar.write_text(json.dumps(document))
     for argv in (["predict", broken, real_images()[0]], ["inspect", broken]):
-        status, _, err = _status(capsys, argv)
+        status, _, err = cli_status(capsys, argv)
         assert status == 1
         assert expected in _error_line(err)
 
@@ -367,30 +364,30 @@ def test_bad_config_json_gives_one_line(capsys, checkpoint_copy, config, expecte
     path.write_bytes(config)
     with pytest.raises(CheckpointError, match="config.json"):
         models.load(checkpoint_copy)
-    status, _, err = _status(capsys, ["predict", checkpoint_copy, real_images()[0]])
+    status, _, err = cli_status(capsys, ["predict", checkpoint_copy, real_images()[0]])
     assert status == 1 and expected in _error_line(err)
 
 
 def test_flags_are_validated_before_any_work(capsys, tmp_path):
     for flag in ("0", "-1", "100000"):
-        status, _, err = _status(capsys, ["predict", "m.tflite", "x.jpg", "--threads", flag])
+        status, _, err = cli_status(capsys, ["predict", "m.tflite", "x.jpg", "--threads", flag])
         assert status == 2 and "--threads" in err
     qat = ["qat", "--random-init", TINY_SEED, "--target", "executorch", "--data", tmp_path]
-    status, _, err = _status(capsys, [*qat, "--out", tmp_path / "c.pt", "--device", "tpu9"])
+    status, _, err = cli_status(capsys, [*qat, "--out", tmp_path / "c.pt", "--device", "tpu9"])
     assert status == 2 and "--device 'tpu9'" in _error_line(err)
-    status, _, err = _status(capsys, [*qat, "--out", tmp_path])
+    status, _, err = cli_status(capsys, [*qat, "--out", tmp_path])
     assert status == 2 and "is a directory" in _error_line(err)
     stranger = tmp_path / "notes.txt"
     stranger.write_text("mine\n")
-    status, _, err = _status(capsys, [*qat, "--out", stranger])
+    status, _, err = cli_status(capsys, [*qat, "--out", stranger])
     assert status == 2 and "exists" in _error_line(err)
-    status, _, err = _status(capsys, [*qat, "--out", stranger, "--resume"])
+    status, _, err = cli_status(capsys, [*qat, "--out", stranger, "--resume"])
     assert status == 1 and "not a readable QAT checkpoint" in _error_line(err)
     assert stranger.read_text() == "mine\n"
 
 
 def test_top_k_over_the_classes_is_said(capsys, tflite):
-    status, out, err = _status(capsys, ["predict", tflite, real_images()[0], "--top-k", "5000"])
+    status, out, err = cli_status(capsys, ["predict", tflite, real_images()[0], "--top-k", "5000"])
     assert status == 0 and "--top-k 5000: the model has 1000 classes" in err
 
 
@@ -433,7 +430,7 @@ def test_safetensors_with_half_the_tensors_is_refused(capsys, checkpoint_copy):
     tensors = load_file(weights)
     kept = dict(list(sorted(tensors.items()))[: len(tensors) // 2])
     save_file(kept, weights, metadata={"format": "pt"})
-    status, _, err = _status(capsys, ["predict", checkpoint_copy, real_images()[0]])
+    status, _, err = cli_status(capsys, ["predict", checkpoint_copy, real_images()[0]])
     assert status == 1
     assert "missing keys" in _error_line(err) and "partly random" in err
     tensors["extra.weight"] = tensors[next(iter(tensors))].clone()
@@ -470,13 +467,13 @@ def test_export_killed_between_the_renames_is_caught_on_load(capsys, tiny_checkp
     assert result.returncode == -signal.SIGKILL
     assert artifact.read_bytes() == old_bytes  # the old artifact, beside the new sidecar
     for argv in (["predict", artifact, real_images()[0]], ["inspect", artifact]):
-        status, _, err = _status(capsys, argv)
+        status, _, err = cli_status(capsys, argv)
         assert status == 1
         assert "not from the same export" in _error_line(err)
     assert list(out.glob(f".{artifact.name}.*"))  # the dead writer's staging folder...
     pipeline.build(str(new_ckpt), "tflite", "fp32", out)  # ...is cleaned by a rerun, which heals
     assert not list(out.glob(f".{artifact.name}.*"))
-    status, _, _ = _status(capsys, ["predict", artifact, real_images()[0]])
+    status, _, _ = cli_status(capsys, ["predict", artifact, real_images()[0]])
     assert status == 0
 
 
