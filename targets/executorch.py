@@ -18,6 +18,7 @@ Runner: ``executorch.runtime.Runtime.get().load_program(path).load_method("forwa
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import re
 import signal
@@ -384,6 +385,7 @@ def _probe_load(runtime, path: Path) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
+            faulthandler.disable()  # it may write to a copy of the parent's stderr (pytest's)
             runtime.load_program(path).load_method(METHOD)
         except BaseException:
             code = 3
