@@ -1,5 +1,6 @@
-"""``export --target-snr``: the SNR asked, the SNR on the calibration images, and the SNR on
-held-out photos, for one seed model, recipe and target.
+"""``export --target-snr``: the SNR asked, the SNR its search measured (on the calibration images
+held back from the quantizer, one in 4), and the SNR on held-out photos, for one seed model,
+recipe and target.
 
 For each ``--targets`` value the artifact is what ``edge-convnext export --target-snr DB`` writes
 (``pipeline.build``, ``float-nchw`` contract, calibrated on the first ``--calib`` photos), run by
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         f"## {args.seed_model}, {args.target} {args.recipe}: --target-snr on {args.calib} "
         f"calibration photos, scored on {len(held_out)} held-out",
         "",
-        "| asked dB | calibration dB | held-out dB | held-out - asked | kept | size vs fp32 "
+        "| asked dB | search dB | held-out dB | held-out - asked | kept | size vs fp32 "
         "| cosine | KL | agree | export s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

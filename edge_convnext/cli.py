@@ -448,7 +448,8 @@ def _add_export(commands) -> None:
         type=_number(float, 0, strict=True, high=200),
         metavar="DB",
         help="instead of --keep-float N: keep the fewest layers that give this logits SNR "
-        "against float on the calibration images (the choice and the search: inspect)",
+        "against float on the calibration images held back from the quantizer (one in 4; the "
+        "choice and the search: inspect)",
     )
     quant.add_argument("--from-qat", metavar="CKPT", help="QAT checkpoint for a *-qat recipe")
     quant.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import require_toolchain
 
 from edge_convnext import cli, manifest, pipeline
@@ -85,6 +86,40 @@ def test_target_snr_keeps_the_fewest_layers_that_reach_it(
     assert cli.main(["inspect", str(artifact), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["manifest"]["quantization"]
     assert shown["target_snr"]["kept_layers"] == kept
+
+
+def test_one_calibration_image_in_four_is_held_back_to_score_the_search():
+    batches = [torch.full((1, 3, 2, 2), float(i)) for i in range(9)]
+    fit, search = pipeline.held_back(batches)
+    assert [int(b[0, 0, 0, 0]) for b in search] == [3, 7]
+    assert [int(b[0, 0, 0, 0]) for b in fit] == [0, 1, 2, 4, 5, 6, 8]
+    with pytest.raises(UsageError, match="at least 4 images"):
+        pipeline.held_back(batches[:3])
+
+
+def test_the_quantizer_never_sees_the_images_that_score_the_search(
+    checkpoint, calib_dir, tmp_path, monkeypatch
+):
+    require_toolchain("executorch")
+    from edge_convnext.quantize import gptq
+
+    seen = {"rounding": [], "search": []}
+    rounding, fewest = gptq.Rounding, pipeline._fewest_kept
+
+    def spy_rounding(module, recipe, batches):
+        seen["rounding"] += [batch.clone() for batch in batches]
+        return rounding(module, recipe, batches)
+
+    def spy_fewest(module, ranking, quantized_with, batches, calibration):
+        seen["search"] += [batch.clone() for batch in batches]
+        return fewest(module, ranking, quantized_with, batches, calibration)
+
+    monkeypatch.setattr(gptq, "Rounding", spy_rounding)
+    monkeypatch.setattr(pipeline, "_fewest_kept", spy_fewest)
+    artifact = _export(checkpoint, "executorch", "w4a8", tmp_path, calib_dir, 1.0)
+    assert len(seen["rounding"]) == 3 and len(seen["search"]) == 1
+    assert not any(torch.equal(seen["search"][0], batch) for batch in seen["rounding"])
+    assert manifest.read(artifact).quantization.target_snr["search_images"] == 1
 
 
 def test_unreachable_target_is_refused_and_nothing_is_written(checkpoint, calib_dir, tmp_path):
