@@ -41,8 +41,7 @@ class Calibration:
     recipe's ``fallback_weights``: float, or int8 for 4-bit recipes; ranked by
     ``quantize.sensitivity``). ``target_snr``: instead, keep the fewest that give this logits
     SNR (dB) against the float model on the calibration images held back from the quantizer
-    (:func:`held_back`). The layers, the ranking and the
-    search go into the manifest.
+    (:func:`held_back`). The layers, the ranking and the search go into the manifest.
     """
 
     folder: Path | None = None
@@ -161,10 +160,9 @@ def calibrate(
     (``recipe.weight_rounding``; kept layers on the fallback grid), then quantization of
     ``recipe.layers`` (calibrated static activations, or dynamic ones). ``--target-snr``
     quantizes with more of the ranking kept until the SNR on the held-back calibration images
-    reaches the target
-    (``quantize.sensitivity.fewest_kept``). With ``shared``, the steps before the target's
-    quantizer (they depend on the model, contract, recipe and images only) run once for every
-    target that shares them (ExecuTorch and LiteRT).
+    reaches the target (``quantize.sensitivity.fewest_kept``). With ``shared``, the steps before
+    the target's quantizer (they depend on the model, contract, recipe and images only) run once
+    for every target that shares them (ExecuTorch and LiteRT).
     """
     from .quantize import balance, gptq
     from .quantize.ptq import contract_batches, ptq

@@ -7,8 +7,8 @@ recipe's activations are (per tensor affine int8, min/max over the calibration i
 row, as dynamic activations are at run time) while the rest of the model stays float; the SQNR
 of the logits against the float model ranks the layers. It is target-independent and cheap (one
 pass per layer), and it tells which layers to keep in higher precision (``export --keep-float
-N``); :func:`fewest_kept` searches the smallest such N for a calibration-set SNR
-(``export --target-snr DB``).
+N``); :func:`fewest_kept` searches the smallest such N for a target SNR (``export --target-snr
+DB``, measured on calibration images held back from the quantizer).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class KeptChoice:
 
     Attributes:
         layers: the layers kept in higher precision, most sensitive first.
-        snr_db: the calibration-set logits SNR with them kept.
+        snr_db: the logits SNR with them kept (as ``snr_of`` measures it).
         reached: whether ``snr_db`` reaches the target.
         tried: ``(number kept, SNR dB)`` of every count evaluated, in the order tried.
     """
