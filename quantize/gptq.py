@@ -98,6 +98,15 @@ class Grid:
         """Per-weight scales ``(out, in)`` from :meth:`scales`."""
         return scales.repeat_interleave(self.group_size or columns, dim=1)
 
+    def column_params(self, weight: torch.Tensor) -> torch.Tensor:
+        """What :meth:`round_column` rounds each column of a ``(out, in)`` weight with: its
+        per-weight scales."""
+        return self.column_scales(self.scales(weight), weight.shape[1])
+
+    def round_column(self, column: torch.Tensor, params: torch.Tensor, index: int) -> torch.Tensor:
+        """Column ``index`` of the weight (``(out,)``), rounded on this grid."""
+        return self.round(column, params[:, index])
+
     def round(self, weight: torch.Tensor, column_scales: torch.Tensor) -> torch.Tensor:
         """Nearest grid values of ``weight`` (any shape broadcasting with the scales)."""
         return torch.clamp(torch.round(weight / column_scales), -self.qmax, self.qmax) * (
@@ -125,18 +134,91 @@ class Grid:
         return grouped.scatter(-1, peak, value).reshape(rounded.shape)
 
 
+@dataclass(frozen=True)
+class Palette:
+    """A 4-bit (``2**bits`` entries) weight palette per group of ``rows_per_table`` output
+    channels, as coremltools' ``per_grouped_channel`` palettization stores it: the tables are
+    1-D k-means of each group's weights (as coremltools' own k-means), rounded to fp16, and GPTQ
+    then rounds every weight to an entry of its group's table instead of the nearest one."""
+
+    name: str
+    bits: int
+    rows_per_table: int = 8
+    group_size = None  # every input column shares the tables (the Grid attribute layer_grids reads)
+    iterations = 25
+
+    def tables(self, weight: torch.Tensor) -> torch.Tensor:
+        """``(out / rows_per_table, 2**bits)`` ascending fp16-exact tables of a ``(out, in)``
+        weight (Lloyd's k-means from the quantiles, per group)."""
+        values = weight.float().reshape(-1, self.rows_per_table * weight.shape[1])
+        values = values.sort(dim=1).values
+        levels = 2**self.bits
+        quantiles = torch.linspace(0, 1, 2 * levels + 1)[1::2]
+        centers = torch.quantile(values, quantiles, dim=1).T.contiguous()
+        for _ in range(self.iterations):
+            index = self._nearest_index(values, centers)
+            sums = torch.zeros_like(centers).scatter_add_(1, index, values)
+            counts = torch.zeros_like(centers).scatter_add_(1, index, torch.ones_like(values))
+            centers = torch.where(counts > 0, sums / counts.clamp(min=1), centers)
+            centers = centers.sort(dim=1).values
+        return centers.half().float()
+
+    def found_tables(self, weight: torch.Tensor) -> torch.Tensor:
+        """The tables of a ``(out, in)`` weight already on a palette: each group's distinct
+        values, ascending, the last repeated up to ``2**bits`` entries (what :meth:`derived
+        <Grid.derived_scales>` scales are to a grid)."""
+        groups = weight.float().reshape(-1, self.rows_per_table * weight.shape[1])
+        tables = []
+        for values in groups:
+            distinct = values.unique()
+            if len(distinct) > 2**self.bits:
+                raise ValueError(
+                    f"{len(distinct)} distinct values in {self.rows_per_table} rows: not on a "
+                    f"{self.name} palette (round the weights first: quantize.gptq.Rounding)"
+                )
+            padding = distinct[-1:].expand(2**self.bits - len(distinct))
+            tables.append(torch.cat([distinct, padding]))
+        return torch.stack(tables)
+
+    @staticmethod
+    def _nearest_index(values: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest entry of ascending ``tables`` (one row per row of ``values``)."""
+        midpoints = (tables[:, 1:] + tables[:, :-1]) / 2
+        return torch.searchsorted(midpoints.contiguous(), values.contiguous())
+
+    def column_params(self, weight: torch.Tensor) -> torch.Tensor:
+        """Each output channel's table, ``(out, 2**bits)``."""
+        return self.tables(weight).repeat_interleave(self.rows_per_table, dim=0)
+
+    def round_column(self, column: torch.Tensor, params: torch.Tensor, index: int) -> torch.Tensor:
+        return self.round(column[:, None], params)[:, 0]
+
+    def round(self, weight: torch.Tensor, row_tables: torch.Tensor) -> torch.Tensor:
+        """The nearest table entry of each weight of ``(out, n)`` (``row_tables``: ``(out,
+        2**bits)``)."""
+        return row_tables.gather(1, self._nearest_index(weight, row_tables))
+
+    def nearest(self, weight: torch.Tensor) -> torch.Tensor:
+        flat = weight.reshape(weight.shape[0], -1).float()
+        return self.round(flat, self.column_params(flat)).reshape(weight.shape)
+
+    def pin_peaks(self, rounded: torch.Tensor, original, params) -> torch.Tensor:
+        return rounded  # a table entry is found as it is; nothing to pin
+
+
 INT8 = Grid("int8", QMAX)
 # 32: the largest group dividing every input width of ConvNeXt-T (96 = 3 x 32), and +1.6 dB
 # SNR over groups of 128 where they fit (bench/FINDINGS.md); XNNPACK takes multiples of 32.
 INT4 = Grid("int4", 7, group_size=32, bf16_scales=True)
-GRIDS = {grid.name: grid for grid in (INT8, INT4)}
+PALETTE4 = Palette("palette4", 4)
+GRIDS = {grid.name: grid for grid in (INT8, INT4, PALETTE4)}
 
 
 def _bf16(values: torch.Tensor) -> torch.Tensor:
     return values.to(torch.bfloat16).float()
 
 
-def grid_for(weights: str) -> Grid:
+def grid_for(weights: str) -> Grid | Palette:
     """The grid a recipe's ``weights`` (or ``fallback_weights``) type is stored on."""
     if weights not in GRIDS:
         raise ValueError(f"no integer weight grid for {weights!r}")
@@ -305,7 +387,7 @@ def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, grid: Grid = INT8) -
     """GPTQ of a ``(out, in)`` weight on ``grid`` (scales from the weight as it is: "static
     groups"); returns grid values."""
     original = weight.float()
-    scale = grid.column_scales(grid.scales(original), original.shape[1])
+    scale = grid.column_params(original)
     weight = original.clone()
     hessian = hessian.clone()
     dead = torch.diag(hessian) == 0  # inputs never seen: weight irrelevant, round it to 0
@@ -322,7 +404,7 @@ def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, grid: Grid = INT8) -
         block_inverse = inverse[start:end, start:end]
         for i in range(end - start):
             column = block[:, i]
-            rounded[:, start + i] = grid.round(column, scale[:, start + i])
+            rounded[:, start + i] = grid.round_column(column, scale, start + i)
             errors[:, i] = (column - rounded[:, start + i]) / block_inverse[i, i]
             block[:, i:] -= errors[:, i : i + 1] @ block_inverse[i : i + 1, i:]
         weight[:, end:] -= errors @ inverse[start:end, end:]
@@ -341,9 +423,7 @@ def to_grid(column: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def fake_quantize_weight(weight: torch.Tensor, grid: Grid = INT8) -> torch.Tensor:
     """``weight`` (``(out, ...)``, any rank) rounded to nearest on ``grid`` (default: the int8
     grid the targets ship, per output channel, :func:`channel_scale`)."""
-    flat = weight.reshape(weight.shape[0], -1)
-    columns = grid.column_scales(grid.scales(flat), flat.shape[1])
-    return grid.round(flat, columns).reshape(weight.shape)
+    return grid.nearest(weight)
 
 
 def keep_channel_maxima(rounded: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

@@ -106,8 +106,10 @@ class Recipe:
             raise ValueError(
                 f"recipe {self.name!r}: fp32 fallback_layers are layers left out of `layers`"
             )
-        if self.weight_rounding != "nearest" and self.weights not in ("int8", "int4"):
-            raise ValueError(f"recipe {self.name!r}: GPTQ rounds int8 or int4 weights only")
+        if self.weight_rounding != "nearest" and self.weights not in ("int8", "int4", "palette4"):
+            raise ValueError(
+                f"recipe {self.name!r}: GPTQ rounds int8, int4 or palette4 weights only"
+            )
         alpha = self.smoothquant_alpha
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"recipe {self.name!r}: smoothquant_alpha must be in [0, 1] or None")
@@ -215,8 +217,32 @@ RECIPES: dict[str, Recipe] = {
             observer="minmax",  # ai-edge-quantizer's min_max_uniform_quantize
         ),
         Recipe("w8", "ptq", "int8", "fp16", "int8 weights (per-channel symmetric), fp16 compute"),
-        Recipe("w4", "ptq", "int4", "fp16", "int4 weights (symmetric, blocks of 32), fp16 compute"),
-        Recipe("palette4", "ptq", "palette4", "fp16", "4-bit k-means weight palette, fp16 compute"),
+        Recipe(
+            "w4",
+            "ptq",
+            "int4",
+            "fp16",
+            "int4 weights in blocks of 32 on the 1x1 convs and classifier, int8 downsampling "
+            "convs, GPTQ-rounded (w4a8's weights), fp16 compute",
+            calibration_size=64,  # GPTQ's layer inputs
+            layers=INT8_LAYERS,
+            weight_rounding="gptq",
+            fallback_weights="int8",
+            fallback_layers=("downsampling_layer.1",),  # as in w4a8
+        ),
+        Recipe(
+            "palette4",
+            "ptq",
+            "palette4",
+            "fp16",
+            "4-bit k-means palettes (one per 8 output channels) on the 1x1 convs and classifier, "
+            "GPTQ-rounded to their entries, int8 downsampling convs, fp16 compute",
+            calibration_size=64,  # GPTQ's layer inputs
+            layers=INT8_LAYERS,
+            weight_rounding="gptq",
+            fallback_weights="int8",
+            fallback_layers=("downsampling_layer.1",),  # as in w4
+        ),
         Recipe("palette6", "ptq", "palette6", "fp16", "6-bit k-means weight palette, fp16 compute"),
     )
 }

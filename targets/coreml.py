@@ -7,14 +7,19 @@ ML Program for ``minimum_deployment_target=iOS17`` (macOS 14): fp32, fp16 and in
 nothing newer; int4 block-wise and grouped-channel palettized weights need iOS18
 (:data:`MIN_TARGET`).
 
-Weight compression (``w8``, ``w4``, ``palette4``, ``palette6``) is coremltools' own
+Weight compression of ``w8`` and ``palette6`` is coremltools' own
 ``coremltools.optimize.coreml`` graph pass (``compression::linear_quantize_weights`` or
 ``compression::palettize_weights`` with an ``OptimizationConfig``, :data:`WEIGHT_COMPRESSION`),
 inserted into the first convert's ``pass_pipeline`` after the default passes (so after the fp16
 cast, as ``ct.optimize.coreml.linear_quantize_weights`` would see a converted model) and before
 the cleanup passes. The post-conversion functions cannot be used here: they fail on classifier
-models (apple/coremltools#1906), and the classifier is added in the second step. Weights become
-``constexpr_*`` ops (decompressed at load); compute stays fp16.
+models (apple/coremltools#1906), and the classifier is added in the second step. The 4-bit
+recipes (``w4``, ``palette4``) are calibrated instead: ``quantize.gptq`` rounds the weights onto
+their grid (int4 blocks, or k-means palettes) on the calibration images, and :class:`WeightGrids`
+hands each layer's grid to ``ct.convert`` as the compression buffers coremltools' torch frontend
+reads (``_COREML_/weight/...``, what ``coremltools.optimize.torch`` writes), so coremltools stores
+those levels as they are. Weights become ``constexpr_*`` ops (decompressed at load); compute stays
+fp16.
 
 What an app gets:
 
@@ -86,6 +91,15 @@ QUANTIZER = (
 )
 
 
+WEIGHT_GRIDS = (
+    "quantize.gptq grids (int4: groups of 32 input columns, bf16 scales; palette4: 16-entry "
+    "fp16 tables per 8 output channels; int8: per output channel) carried to ct.convert as "
+    "coremltools compression buffers (_COREML_/weight/*), built into constexpr_blockwise_"
+    "shift_scale / constexpr_lut_to_dense ops"
+)
+FLOAT_ACTIVATIONS = ("fp32", "fp16")  # a calibrated recipe with these is weight-only (w4)
+
+
 class Compression(NamedTuple):
     """A ``coremltools.optimize.coreml`` weight compression: graph pass, op config, options."""
 
@@ -94,27 +108,15 @@ class Compression(NamedTuple):
     options: dict[str, Any]
 
 
-# Weight type -> how coremltools compresses it: every const with at least the op config's
-# weight_threshold (2048) elements, so biases and norms stay fp16 (V2's widest GRN gamma/beta,
-# 3072 each, get int8 with one scale per tensor). int4 blocks run along the input
-# channels, so convs with one input channel per group (depthwise) or three (the stem) are skipped
-# and stay fp16. Palettization groups 8 output channels per table: 16 would leave the classifier
-# (1000 rows) uncompressed.
+# Weight type -> how coremltools compresses it (uncalibrated weight-only recipes): every const
+# with at least the op config's weight_threshold (2048) elements, so biases and norms stay fp16
+# (V2's widest GRN gamma/beta, 3072 each, get int8 with one scale per tensor). Palettization
+# groups 8 output channels per table: 16 would leave the classifier (1000 rows) uncompressed.
 WEIGHT_COMPRESSION: dict[str, Compression] = {
     "int8": Compression(
         "linear_quantize_weights",
         "OpLinearQuantizerConfig",
         {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel"},
-    ),
-    "int4": Compression(
-        "linear_quantize_weights",
-        "OpLinearQuantizerConfig",
-        {"mode": "linear_symmetric", "dtype": "int4", "granularity": "per_block", "block_size": 32},
-    ),
-    "palette4": Compression(
-        "palettize_weights",
-        "OpPalettizerConfig",
-        {"nbits": 4, "mode": "kmeans", "granularity": "per_grouped_channel", "group_size": 8},
     ),
     "palette6": Compression(
         "palettize_weights",
@@ -164,16 +166,17 @@ def export(
         model: the classifier and what its artifact carries (labels, preprocessing, licence).
         recipe: the numerics; must be supported by this target (``targets.SUPPORT``). Its
             ``activations`` pick ``compute_precision`` (fp32 -> FLOAT32, fp16 and int8 ->
-            FLOAT16); weight-only recipes (``w8``, ``w4``, ``palette*``) compress the weights
-            with :data:`WEIGHT_COMPRESSION`.
+            FLOAT16); ``w8`` and ``palette6`` compress the weights with
+            :data:`WEIGHT_COMPRESSION`, ``w4`` and ``palette4`` take a :class:`WeightGrids`
+            module as ``quantization.graph``.
         out_dir: where the ``.mlpackage`` directory and its ``.mlpackage.json`` sidecar go.
         contract: ``contracts.APP`` (RGB image input, normalization in the graph) or
             ``FLOAT_NCHW``.
-        quantization: for calibrated int8 recipes (``w8a8``), ``graph`` is the PT2E-converted
-            graph of the bare model (:data:`QUANTIZE_CONTRACT`: normalized
-            ``float32 (1, 3, H, W)`` -> logits, from ``quantize.ptq`` with
-            :func:`quantization_scheme`); converted instead of the float model, with the
-            contract's input and the softmax added around it.
+        quantization: for calibrated recipes, ``graph`` is the bare model
+            (:data:`QUANTIZE_CONTRACT`: normalized ``float32 (1, 3, H, W)`` -> logits) from
+            ``quantize.ptq`` with :func:`quantization_scheme`: PT2E-converted (``w8a8``) or
+            GPTQ-rounded and grid-tagged (``w4``, ``palette4``); converted instead of the float
+            model, with the contract's input and the softmax added around it.
         module: a torch module to convert instead of ``model.module``; like it, it maps
             normalized ``float32 (N, 3, H, W)`` to ``(N, classes)`` logits (this target adds the
             contract's input and the softmax itself).
@@ -217,14 +220,19 @@ def export(
         },
         "ops": op_counts(mlmodel.get_spec()),
     }
-    record = quantized.record.with_facts(quantizer=QUANTIZER) if quantized else None
+    record = None
+    if quantized is not None:
+        weight_only = isinstance(quantized.scheme, WeightGrids)
+        record = quantized.record.with_facts(quantizer=WEIGHT_GRIDS if weight_only else QUANTIZER)
     return _write(model, recipe, contract, out_dir, mlmodel, details, record)
 
 
 def quantization_scheme(
     recipe: Recipe, qat: bool = False, keep_float: tuple[str, ...] | list[str] = ()
-) -> PT2EScheme:
-    """The PT2E quantizer for Core ML's calibrated recipes (``w8a8``).
+) -> PT2EScheme | WeightGrids:
+    """The PT2E quantizer for Core ML's calibrated int8 recipes (``w8a8``); for calibrated
+    weight-only recipes (``w4``: GPTQ-rounded int4), a :class:`WeightGrids` instead, whose
+    ``keep_float`` layers get the recipe's ``fallback_weights``.
 
     coremltools' own ``CoreMLQuantizer`` imports ``torch.ao.quantization.quantizer``, which torch
     2.13 removed; torchao's ``X86InductorQuantizer`` makes the same kind of graph (per-tensor
@@ -236,6 +244,10 @@ def quantization_scheme(
     """
     import dataclasses
 
+    if recipe.activations in FLOAT_ACTIVATIONS:  # weights only (w4): GPTQ grids, tagged
+        if qat:
+            raise UnsupportedError(f"recipe {recipe.name!r}: no Core ML QAT for weight-only yet")
+        return WeightGrids(recipe, tuple(keep_float))
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
         _global_config_filter,
@@ -268,15 +280,78 @@ def quantization_scheme(
     return Scheme(quantizer, fold_quantize=True)
 
 
+class WeightGrids(NamedTuple):
+    """The scheme :func:`quantization_scheme` gives a calibrated weight-only recipe (``w4``).
+
+    The weights are already on ``quantize.gptq``'s grids (GPTQ-rounded); :meth:`quantize` tags
+    each layer with its grid as coremltools compression buffers (:func:`tag_weight_grid`), so
+    ``ct.convert`` stores exactly those levels and scales instead of rounding again.
+
+    Attributes:
+        recipe: its ``layers`` get ``weights``, its ``fallback_layers`` ``fallback_weights``.
+        kept: further layers (module paths) kept at ``fallback_weights`` (sensitivity).
+    """
+
+    recipe: Recipe
+    kept: tuple[str, ...] = ()
+
+    def quantize(self, module) -> QuantizedGraph:
+        """A copy of ``module`` with every layer of the recipe tagged (``quantize.ptq.ptq``
+        calls this)."""
+        import copy
+
+        from edge_convnext.manifest import QuantizationRecord
+        from edge_convnext.quantize.gptq import gptq_layers, layer_grids
+        from edge_convnext.quantize.ptq import QuantizedGraph as Graph  # runtime import
+
+        module = copy.deepcopy(module)
+        grids = layer_grids(module, self.recipe, self.kept)
+        if not grids:
+            raise UnsupportedError(f"recipe {self.recipe.name!r} matches no layer of this model")
+        layers = gptq_layers(module, tuple(grids))
+        for name, grid in grids.items():
+            tag_weight_grid(layers[name], grid)
+        counts = dict(Counter(grid.name for grid in grids.values()))
+        record = QuantizationRecord("ptq", facts={"quantizer": WEIGHT_GRIDS, "layers": counts})
+        return Graph(module, self, record)
+
+
+def tag_weight_grid(layer, grid) -> None:
+    """Register ``layer``'s grid as the buffers coremltools' torch frontend reads
+    (``_COREML_/weight/quantization_n_bits``, ``..._scale``, ``compression_type`` 3:
+    quantization): ``weight = scale * level``, one scale per group of ``grid.group_size``
+    columns of the weight's ``(in, kh, kw)`` order (coremltools broadcasts an ``(out, groups)``
+    scale over a conv's kernel, which for a 2x2 conv is the same 8 channels x 2 x 2 block)."""
+    import torch
+
+    weight = layer.weight.detach()
+    flat = weight.reshape(weight.shape[0], -1).float()
+    if hasattr(grid, "tables"):  # a palette: compression_type 2, one table per row group
+        tables = grid.found_tables(flat)
+        shape = (tables.shape[0], *[1] * (weight.dim() - 1), tables.shape[1], 1)
+        buffers = {"lut": tables.reshape(shape), "compression_type": torch.tensor([2])}
+    else:
+        buffers = {
+            "quantization_n_bits": torch.tensor(4 if grid.qmax < 8 else 8),
+            "quantization_scale": grid.derived_scales(flat),
+            "compression_type": torch.tensor([3]),
+        }
+    for key, value in buffers.items():
+        layer.register_buffer(f"_COREML_/weight/{key}", value)
+
+
 def _quantized_module(recipe: Recipe, quantized: QuantizedGraph | None, side: int):
-    """The PT2E graph to convert, checked to take :data:`QUANTIZE_CONTRACT`'s input."""
+    """The PT2E graph (or weight-grid module) to convert, checked to take
+    :data:`QUANTIZE_CONTRACT`'s input."""
     if quantized is None:
         raise UnsupportedError(
-            f"recipe {recipe.name!r} is calibrated: pass the PT2E-quantized graph (quantize.ptq "
+            f"recipe {recipe.name!r} is calibrated: pass the quantized graph (quantize.ptq "
             f"with coreml.quantization_scheme on the {QUANTIZE_CONTRACT!r} model), e.g. "
             "`edge-convnext export --calib DIR`"
         )
     graph = quantized.graph
+    if isinstance(quantized.scheme, WeightGrids):
+        return graph
     inputs = [n for n in graph.graph.nodes if n.op == "placeholder"]
     value = inputs[0].meta.get("val") if len(inputs) == 1 else None
     expected = (1, 3, side, side)

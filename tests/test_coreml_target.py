@@ -6,6 +6,7 @@ full-size seeds. Off macOS the runner is the numpy MIL reference evaluator.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -48,10 +49,11 @@ MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999}
 # models int8 gives ~0.9999, 6-bit ~0.999, 4-bit ~0.98.
 COMPRESSED = {
     "w8": ("constexpr_affine_dequantize", "iOS17", 0.7, 0.999),
-    "w4": ("constexpr_blockwise_shift_scale", "iOS18", 0.5, 0.95),
-    "palette4": ("constexpr_lut_to_dense", "iOS18", 0.5, 0.95),
     "palette6": ("constexpr_lut_to_dense", "iOS18", 0.6, 0.995),
 }
+# 4-bit recipes: GPTQ-rounded grids handed to ct.convert (coreml.WeightGrids): the op holding
+# each 4-bit weight.
+GRID_OPS = {"w4": "constexpr_blockwise_shift_scale", "palette4": "constexpr_lut_to_dense"}
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +242,8 @@ def test_deployment_target_per_weight_type():
     assert coreml.deployment_target(int4) == "iOS18"
     for recipe, (_, target, _, _) in COMPRESSED.items():
         assert coreml.deployment_target(get(recipe)) == target
+    for recipe in GRID_OPS:
+        assert coreml.deployment_target(get(recipe)) == "iOS18"
 
 
 def test_load_and_describe_need_a_package(tmp_path):
@@ -314,7 +318,7 @@ def test_compressed_artifact_is_a_smaller_classifier_close_to_torch(
 def test_palettization_covers_the_classifier(artifacts):
     """1000 output rows: a palette group size that does not divide 1000 would skip it."""
     pytest.importorskip("sklearn")
-    path = artifacts(SEED_NAMES[0], "palette4", "app")
+    path = artifacts(SEED_NAMES[0], "palette6", "app")
     program = coreml_mil.MilEvaluator.from_mlpackage(path)
     assert "constexpr_lut_to_dense" in program.op_types
     spec = _spec(path)
@@ -410,3 +414,128 @@ def test_w8a8_scheme_quantizes_the_recipe_layers_minus_the_float_ones(models):
     assert weight_dequantizes([]) == len(layers)
     kept = ["hf_model.classifier", "hf_model.convnext.encoder.stages.0.layers.0.pwconv1"]
     assert weight_dequantizes(kept) == len(layers) - len(kept)
+
+
+# --- w4, palette4: GPTQ-rounded grids carried to ct.convert as compression buffers ------------
+
+
+@pytest.fixture(scope="module")
+def grid_artifacts(models, tmp_path_factory):
+    """(artifact, tagged torch module) of the first seed per 4-bit recipe, GPTQ-rounded on a few
+    generated images as the pipeline does it."""
+    from edge_convnext.quantize import gptq
+
+    out = tmp_path_factory.mktemp("coreml-grids")
+    loaded = models[SEED_NAMES[0]]
+    contract = coreml.QUANTIZE_CONTRACT
+    crops = np.stack(
+        [resize_and_crop(textured_image(200 + s), loaded.preprocessing) for s in range(4)]
+    )
+    batches = contract_batches(crops, contract, loaded.preprocessing)
+    module = lowering.with_contract(loaded, contract)
+    made: dict = {}
+
+    def artifact(recipe_name: str):
+        if recipe_name not in made:
+            recipe = get(recipe_name)
+            rounded = gptq.Rounding(module, recipe, batches).apply()
+            example = lowering.example_input(contract, loaded.preprocessing)
+            scheme = coreml.quantization_scheme(recipe)
+            graph = ptq(rounded, example, scheme, batches, progress=False)
+            path = coreml.export(loaded, recipe, out, "app", quantization=Quantization(graph=graph))
+            made[recipe_name] = (path, graph.graph)
+        return made[recipe_name]
+
+    return artifact
+
+
+def _mil_weights(path) -> list[np.ndarray]:
+    """The weight of every linear/conv op of the saved program, decompressed as Core ML does."""
+    program = coreml_mil.MilEvaluator.from_mlpackage(path)
+    steps = [s for s in program._steps if s.op_type in ("linear", "conv")]
+    weights = [
+        program._consts[s.args["weight"]] if "weight" in s.args else s.defaults["weight"]
+        for s in steps
+    ]
+    return [np.asarray(weight, np.float32) for weight in weights]
+
+
+@pytest.mark.parametrize("recipe", sorted(GRID_OPS))
+def test_4bit_artifact_holds_the_gptq_grid_as_rounded(
+    recipe, grid_artifacts, artifacts, models, crops
+):
+    """coremltools rounds nothing again: every 4-bit weight of the file equals the GPTQ-rounded
+    torch weight bit for bit, and the logits follow the rounded model, not the float one."""
+    from edge_convnext.quantize.gptq import gptq_layers, layer_grids
+
+    path, tagged = grid_artifacts(recipe)
+    info = coreml.describe(path)
+    grids = layer_grids(tagged, get(recipe))
+    four_bit = [name for name, grid in grids.items() if grid.name == get(recipe).weights]
+    assert len(four_bit) >= 8 and len(grids) > len(four_bit)  # int8 downsampling convs
+    ops = info["ops"]
+    assert ops[GRID_OPS[recipe]] >= len(four_bit), ops  # int8 ones are blockwise too
+    stored_ops = ops.get("constexpr_lut_to_dense", 0) + ops["constexpr_blockwise_shift_scale"]
+    assert stored_ops == len(grids), ops
+    assert info["deployment_target"] == "iOS18" and info["compute_precision"] == "FLOAT16"
+    fp16 = manifests.size_of(artifacts(SEED_NAMES[0], "fp16", "app"))
+    assert manifests.size_of(path) < 0.5 * fp16
+
+    stored = _mil_weights(path)
+    layers = gptq_layers(tagged, tuple(four_bit))
+    for name in four_bit:
+        expected = layers[name].weight.detach().half().float().numpy()
+        assert any(w.shape == expected.shape and np.array_equal(w, expected) for w in stored), name
+
+    sidecar = manifests.read(path)
+    assert sidecar.quantization.facts["quantizer"] == coreml.WEIGHT_GRIDS
+    assert sidecar.quantization.facts["layers"] == {
+        get(recipe).weights: len(four_bit),
+        "int8": len(grids) - len(four_bit),
+    }
+    assert "weight_compression" not in sidecar.details  # no coremltools pass rounded them
+    pixels = torch.from_numpy(normalize(crops, models[SEED_NAMES[0]].preprocessing))
+    with torch.no_grad():
+        simulated = tagged(pixels).numpy()
+    logits = coreml.load(path)(crops)
+    assert _cosines(logits, simulated).min() >= 0.9995  # fp16 compute only
+
+
+def test_4bit_recipes_need_calibration(models, tmp_path):
+    for recipe in GRID_OPS:
+        with pytest.raises(UnsupportedError, match="is calibrated"):
+            coreml.export(models[SEED_NAMES[0]], get(recipe), tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("recipe", sorted(GRID_OPS))
+def test_4bit_scheme_keeps_the_sensitive_layers_at_int8(recipe, models):
+    from edge_convnext.quantize import gptq
+
+    loaded = models[SEED_NAMES[0]]
+    module = lowering.with_contract(loaded, coreml.QUANTIZE_CONTRACT)
+    layers = [name for name, _ in quantizable_layers(module, get(recipe).layers)]
+    kept = layers[-1]  # the classifier
+    scheme = coreml.quantization_scheme(get(recipe), keep_float=[kept])
+    with (
+        pytest.raises(ValueError, match="not on a palette4 palette")
+        if recipe == "palette4"
+        else (contextlib.nullcontext())
+    ):
+        scheme.quantize(module)  # palette tables are read off weights already rounded
+    example = lowering.example_input(coreml.QUANTIZE_CONTRACT, loaded.preprocessing)
+    rounded = gptq.Rounding(module, get(recipe), [example]).apply((kept,))
+    tagged = scheme.quantize(rounded).graph
+    bits = {
+        name: child.get_buffer("_COREML_/weight/quantization_n_bits")
+        for name, child in tagged.named_modules()
+        if hasattr(child, "_COREML_/weight/quantization_n_bits")
+    }
+    tables = {n for n, c in tagged.named_modules() if hasattr(c, "_COREML_/weight/lut")}
+    grids = gptq.layer_grids(module, get(recipe), (kept,))
+    four_bit = {name for name, grid in grids.items() if grid.name == get(recipe).weights}
+    assert kept in grids and kept not in four_bit and len(four_bit) >= 6
+    assert {n for n, b in bits.items() if int(b) == 8} == set(grids) - four_bit
+    assert ({n for n, b in bits.items() if int(b) == 4} | tables) == four_bit
+    with pytest.raises(UnsupportedError, match="QAT"):
+        coreml.quantization_scheme(get(recipe), qat=True)

@@ -88,6 +88,31 @@ def test_int4_gptq_stays_on_the_grid_a_quantizer_derives_and_beats_nearest():
     assert output_error(rounded) < 0.7 * output_error(grid.nearest(weight))
 
 
+def test_palette4_gptq_keeps_each_group_on_its_table_and_beats_nearest():
+    torch.manual_seed(0)
+    weight = 0.02 * torch.randn(48, 96)
+    calibration, held_out = _correlated_inputs(1024, 96).split(512)
+    palette = gptq.PALETTE4
+
+    tables = palette.tables(weight)
+    rounded = gptq.gptq_round(weight, calibration.T @ calibration / 512, palette)
+
+    assert tables.shape == (6, 16)  # one 16-entry table per 8 output channels
+    assert torch.equal(tables.half().float(), tables)  # what Core ML stores: fp16 entries
+    assert torch.all(tables[:, 1:] >= tables[:, :-1])
+    for group, table in zip(rounded.reshape(6, -1), tables, strict=True):
+        assert set(group.unique().tolist()) <= set(table.tolist())
+    found = palette.found_tables(rounded)  # what the Core ML target hands coremltools
+    assert torch.equal(palette.round(rounded, found.repeat_interleave(8, dim=0)), rounded)
+    with pytest.raises(ValueError, match="not on a palette4 palette"):
+        palette.found_tables(weight)
+
+    def output_error(candidate):
+        return torch.linalg.norm(held_out @ (candidate - weight).T)
+
+    assert output_error(rounded) < 0.7 * output_error(palette.nearest(weight))
+
+
 def test_w4a8_pte_is_one_partition_of_xnnpack_int4_and_int8_gemms(built):
     from edge_convnext.targets import executorch
 
