@@ -116,7 +116,7 @@ class Grid:
     def nearest(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` (``(out, ...)``, any rank) rounded to nearest on this grid."""
         flat = weight.reshape(weight.shape[0], -1).float()
-        columns = self.column_scales(self.scales(flat), flat.shape[1])
+        columns = self.column_params(flat)
         return self.pin_peaks(self.round(flat, columns), flat, columns).reshape(weight.shape)
 
     def pin_peaks(
@@ -383,11 +383,13 @@ def input_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, grid: Grid = INT8) -> torch.Tensor:
+def gptq_round(
+    weight: torch.Tensor, hessian: torch.Tensor, grid: Grid | Palette = INT8
+) -> torch.Tensor:
     """GPTQ of a ``(out, in)`` weight on ``grid`` (scales from the weight as it is: "static
     groups"); returns grid values."""
     original = weight.float()
-    scale = grid.column_params(original)
+    params = grid.column_params(original)  # per-weight scales, or each row's palette
     weight = original.clone()
     hessian = hessian.clone()
     dead = torch.diag(hessian) == 0  # inputs never seen: weight irrelevant, round it to 0
@@ -404,11 +406,11 @@ def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, grid: Grid = INT8) -
         block_inverse = inverse[start:end, start:end]
         for i in range(end - start):
             column = block[:, i]
-            rounded[:, start + i] = grid.round_column(column, scale, start + i)
+            rounded[:, start + i] = grid.round_column(column, params, start + i)
             errors[:, i] = (column - rounded[:, start + i]) / block_inverse[i, i]
             block[:, i:] -= errors[:, i : i + 1] @ block_inverse[i : i + 1, i:]
         weight[:, end:] -= errors @ inverse[start:end, end:]
-    return grid.pin_peaks(rounded, original, scale)
+    return grid.pin_peaks(rounded, original, params)
 
 
 def channel_scale(weight: torch.Tensor) -> torch.Tensor:

@@ -312,7 +312,7 @@ class WeightGrids(NamedTuple):
         for name, grid in grids.items():
             tag_weight_grid(layers[name], grid)
         counts = dict(Counter(grid.name for grid in grids.values()))
-        record = QuantizationRecord("ptq", facts={"quantizer": WEIGHT_GRIDS, "layers": counts})
+        record = QuantizationRecord("ptq", facts={"layers": counts})  # export adds the quantizer
         return Graph(module, self, record)
 
 
@@ -324,9 +324,11 @@ def tag_weight_grid(layer, grid) -> None:
     scale over a conv's kernel, which for a 2x2 conv is the same 8 channels x 2 x 2 block)."""
     import torch
 
+    from edge_convnext.quantize.gptq import Palette
+
     weight = layer.weight.detach()
     flat = weight.reshape(weight.shape[0], -1).float()
-    if hasattr(grid, "tables"):  # a palette: compression_type 2, one table per row group
+    if isinstance(grid, Palette):  # compression_type 2: palettization, one table per row group
         tables = grid.found_tables(flat)
         shape = (tables.shape[0], *[1] * (weight.dim() - 1), tables.shape[1], 1)
         buffers = {"lut": tables.reshape(shape), "compression_type": torch.tensor([2])}

@@ -66,6 +66,11 @@ def _correlated_inputs(rows: int, features: int) -> torch.Tensor:
     return torch.randn(rows, 8, generator=generator) @ mixing + noise
 
 
+def _output_error(inputs: torch.Tensor, weight: torch.Tensor):
+    """How far a rounded copy of ``weight`` moves the layer's output on ``inputs``."""
+    return lambda candidate: torch.linalg.norm(inputs @ (candidate - weight).T)
+
+
 def test_int4_gptq_stays_on_the_grid_a_quantizer_derives_and_beats_nearest():
     torch.manual_seed(0)
     weight = 0.02 * torch.randn(48, 96)
@@ -81,11 +86,8 @@ def test_int4_gptq_stays_on_the_grid_a_quantizer_derives_and_beats_nearest():
     assert torch.equal(grid.derived_scales(rounded), scales)
     levels = rounded / grid.column_scales(scales, 96)
     assert torch.equal(levels, levels.round()) and levels.abs().max() == 7
-
-    def output_error(candidate):
-        return torch.linalg.norm(held_out @ (candidate - weight).T)
-
-    assert output_error(rounded) < 0.7 * output_error(grid.nearest(weight))
+    error = _output_error(held_out, weight)
+    assert error(rounded) < 0.7 * error(grid.nearest(weight))
 
 
 def test_palette4_gptq_keeps_each_group_on_its_table_and_beats_nearest():
@@ -106,11 +108,8 @@ def test_palette4_gptq_keeps_each_group_on_its_table_and_beats_nearest():
     assert torch.equal(palette.round(rounded, found.repeat_interleave(8, dim=0)), rounded)
     with pytest.raises(ValueError, match="not on a palette4 palette"):
         palette.found_tables(weight)
-
-    def output_error(candidate):
-        return torch.linalg.norm(held_out @ (candidate - weight).T)
-
-    assert output_error(rounded) < 0.7 * output_error(palette.nearest(weight))
+    error = _output_error(held_out, weight)
+    assert error(rounded) < 0.7 * error(palette.nearest(weight))
 
 
 def test_w4a8_pte_is_one_partition_of_xnnpack_int4_and_int8_gemms(built):
